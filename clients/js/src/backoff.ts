@@ -1,0 +1,17 @@
+/** Exponential backoff with full jitter. */
+
+/** Backoff settings (milliseconds). */
+export interface BackoffOptions {
+  /** Base delay; defaults to the server's `retry:` value, else 1000. */
+  baseMs?: number;
+  /** Upper bound of any single delay (default 30000). */
+  capMs?: number;
+  /** Consecutive failed attempts without a new event before giving up (default 8). */
+  maxAttempts?: number;
+}
+
+/** Delay before retry number `attempt` (0-based): uniform in [0, min(cap, base * 2^attempt)]. */
+export function backoffDelay(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}

@@ -1,0 +1,100 @@
+//! The proxy's shared state and the dispatch of main-listener requests.
+
+use crate::config::Config;
+use crate::handlers;
+use crate::http_util::ProxyBody;
+use crate::identity::IdentityRule;
+use crate::progress::Learner;
+use crate::reframe::{batcher, ReaderSettings, RouteSettings};
+use crate::stream::Registry;
+use crate::upstream::Upstream;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// State shared by every request.
+pub struct App {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// The backend client.
+    pub upstream: Upstream,
+    /// All streams.
+    pub registry: Arc<Registry>,
+    /// Who owns a stream.
+    pub identity: IdentityRule,
+    /// Per-route reader settings, in `cfg.streams` order.
+    pub routes: Vec<Arc<RouteSettings>>,
+    /// Settings shared by every stream reader.
+    pub reader: Arc<ReaderSettings>,
+    /// Learned answer lengths, when progress is on.
+    pub learner: Option<Arc<Learner>>,
+    /// Fires when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// Client-metrics rate limiter.
+    pub client_reports: handlers::client_metrics::RateLimit,
+}
+
+impl App {
+    /// Builds the state for a validated config.
+    pub fn new(cfg: Config, learner: Option<Arc<Learner>>, shutdown: CancellationToken) -> Self {
+        let budget = Arc::new(crate::log::LogBudget::default());
+        let registry = Arc::new(Registry::new(
+            budget,
+            cfg.limits.max_streams,
+            cfg.limits.max_streams_per_identity,
+            cfg.resume.max_total_bytes.bytes(),
+            cfg.resume.retention.0,
+        ));
+        let detach_grace = match cfg.resume.on_disconnect {
+            crate::config::OnDisconnect::Continue => cfg.resume.detach_grace.0,
+            crate::config::OnDisconnect::Cancel => std::time::Duration::ZERO,
+        };
+        let reader = Arc::new(ReaderSettings {
+            batching: batcher::Limits {
+                max_delay: cfg.batching.max_delay.0,
+                max_tokens: cfg.batching.max_tokens,
+                max_bytes: cfg.batching.max_bytes.bytes(),
+                adaptive: cfg.batching.adaptive,
+            },
+            idle_timeout: cfg.upstream.idle_timeout.0,
+            max_event_bytes: cfg.upstream.max_event_bytes.bytes(),
+            detach_grace,
+            shutdown_grace: cfg.server.shutdown_grace.0,
+            progress: learner
+                .clone()
+                .filter(|_| cfg.progress.enabled)
+                .map(|l| (l, cfg.progress.every_tokens, cfg.progress.min_interval.0)),
+        });
+        App {
+            upstream: Upstream::new(&cfg.upstream),
+            identity: IdentityRule::new(cfg.identity.from.clone()),
+            routes: cfg.streams.iter().map(|r| Arc::new(RouteSettings::new(r))).collect(),
+            client_reports: handlers::client_metrics::RateLimit::new(cfg.client_metrics.per_second),
+            cfg: Arc::new(cfg),
+            registry,
+            reader,
+            learner,
+            shutdown,
+        }
+    }
+
+    /// Handles one request from the main listener.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let arrived = tokio::time::Instant::now();
+        let path = req.uri().path();
+        if let Some(own) = path
+            .strip_prefix(self.cfg.server.route_prefix.as_str())
+            .filter(|rest| rest.starts_with('/'))
+        {
+            let own = own.to_string();
+            return handlers::own::handle(&self, &own, req).await;
+        }
+        let method_ok = matches!(*req.method(), http::Method::GET | http::Method::POST);
+        match self.cfg.stream_route(path) {
+            Some((idx, _)) if method_ok => handlers::stream::handle(&self, idx, req, peer, arrived).await,
+            _ => handlers::passthrough::handle(&self, req, peer).await,
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! `proxy.toml`: typed configuration, parsed from a string and validated once.
+
+mod source;
+mod units;
+
+pub use source::{ModelSource, SourceSpec};
+pub use units::{parse_duration, parse_size, Dur, Size};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration error, located in its file when the location is known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a bad value.
+    #[error("{file}:{line}:{col}: {message}")]
+    Invalid {
+        /// The file (or `<string>`).
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and shutdown.
+    #[serde(default)]
+    pub server: Server,
+    /// The backend.
+    pub upstream: Upstream,
+    /// Routes whose answers are SSE token streams.
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<StreamRoute>,
+    /// How tokens are grouped.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Idle-connection comments.
+    #[serde(default)]
+    pub heartbeat: Heartbeat,
+    /// Resumable logs.
+    #[serde(default)]
+    pub resume: Resume,
+    /// Who owns a stream.
+    #[serde(default)]
+    pub identity: Identity,
+    /// Admission limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Progress events.
+    #[serde(default)]
+    pub progress: Progress,
+    /// The built-in demo page.
+    #[serde(default)]
+    pub demo: Demo,
+    /// Front-end metrics endpoint.
+    #[serde(default)]
+    pub client_metrics: ClientMetrics,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Main listener (proxy traffic).
+    pub listen: SocketAddr,
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`, `/streams`).
+    pub admin_listen: SocketAddr,
+    /// How long running streams may go on after SIGTERM/SIGINT.
+    pub shutdown_grace: Dur,
+    /// Time allowed for a client to send its request headers.
+    pub header_read_timeout: Dur,
+    /// Open client connections at most; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Path prefix of the proxy's own routes (client, demo, cancel, client metrics).
+    pub route_prefix: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_connections: 10_000,
+            route_prefix: "/_sse-proxy".into(),
+        }
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Base URL of the backend, `http://host:port` (optionally with a path prefix).
+    pub url: UpstreamUrl,
+    /// TCP connect timeout (answered with 504).
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Time allowed for the backend's response headers (answered with 504).
+    #[serde(default = "d_response_timeout")]
+    pub response_timeout: Dur,
+    /// A stream whose backend sends nothing for this long ends with `upstream_timeout`.
+    #[serde(default = "d_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Largest single upstream event; larger ends the stream with `upstream_malformed`.
+    #[serde(default = "d_max_event_bytes")]
+    pub max_event_bytes: Size,
+    /// Largest request body forwarded on a stream route (it is buffered so the stream can outlive the client).
+    #[serde(default = "d_max_request_body")]
+    pub max_request_body: Size,
+}
+
+fn d_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn d_response_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn d_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn d_max_event_bytes() -> Size {
+    Size(1 << 20)
+}
+fn d_max_request_body() -> Size {
+    Size(1 << 20)
+}
+
+/// An `http://` URL, validated when read.
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl(pub http::Uri);
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("invalid URL {s:?}: {e}")))?;
+        match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(_)) if uri.query().is_none() => Ok(UpstreamUrl(uri)),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid upstream URL {s:?}: expected http://HOST:PORT[/PREFIX] without a query (TLS to the backend is not supported)"
+            ))),
+        }
+    }
+}
+
+/// `[[stream]]`: a route whose responses are re-framed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRoute {
+    /// Exact path, or a prefix ending in `/*`.
+    pub path: RoutePath,
+    /// Upstream event type that carries one token.
+    #[serde(default = "d_token_event")]
+    pub token_event: String,
+    /// JSON Pointer to the token text in the event data; the raw data when unset.
+    #[serde(default)]
+    pub token_path: Option<JsonPointer>,
+    /// Upstream events that end the stream.
+    #[serde(default = "d_terminal_events")]
+    pub terminal_events: Vec<String>,
+    /// Where the model name comes from.
+    #[serde(default)]
+    pub model_from: Option<ModelSource>,
+}
+
+fn d_token_event() -> String {
+    "message".into()
+}
+fn d_terminal_events() -> Vec<String> {
+    vec!["done".into()]
+}
+
+/// A route path: `/exact` or `/prefix/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePath {
+    /// Matches this path only.
+    Exact(String),
+    /// Matches this prefix followed by `/` and anything (the prefix itself too).
+    Prefix(String),
+}
+
+impl RoutePath {
+    /// Whether a request path is on this route.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            RoutePath::Exact(p) => p == path,
+            RoutePath::Prefix(p) => {
+                path == p || (path.starts_with(p.as_str()) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+        }
+    }
+
+    /// The route as written in the config (used as a label).
+    pub fn as_label(&self) -> String {
+        match self {
+            RoutePath::Exact(p) => p.clone(),
+            RoutePath::Prefix(p) => format!("{p}/*"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RoutePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = |why: &str| {
+            serde::de::Error::custom(format!(
+                "invalid stream path {s:?}: {why}; expected an absolute path such as \"/api/stream\" or a prefix such as \"/api/stream/*\""
+            ))
+        };
+        if !s.starts_with('/') {
+            return Err(bad("it must start with '/'"));
+        }
+        if s.contains(['?', '#']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("no query, fragment or spaces allowed"));
+        }
+        if let Some(prefix) = s.strip_suffix("/*") {
+            if prefix.contains('*') {
+                return Err(bad("'*' is only allowed as the last segment"));
+            }
+            return Ok(RoutePath::Prefix(prefix.to_string()));
+        }
+        if s.contains('*') {
+            return Err(bad("'*' is only allowed as the last segment"));
+        }
+        Ok(RoutePath::Exact(s))
+    }
+}
+
+/// An RFC 6901 JSON Pointer (`""` or `/a/b`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPointer(pub String);
+
+impl<'de> Deserialize<'de> for JsonPointer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || s.starts_with('/') {
+            Ok(JsonPointer(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "invalid JSON Pointer {s:?}: expected \"\" or a path starting with '/', such as \"/content\""
+            )))
+        }
+    }
+}
+
+/// `[batching]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    /// Longest a token waits in a batch.
+    pub max_delay: Dur,
+    /// Tokens per batch at most.
+    pub max_tokens: usize,
+    /// Bytes of token text per batch at most.
+    pub max_bytes: Size,
+    /// Follow the token rate: a slow trickle goes out at once, a burst is grouped.
+    pub adaptive: bool,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_delay: Dur(Duration::from_millis(100)),
+            max_tokens: 32,
+            max_bytes: Size(4096),
+            adaptive: true,
+        }
+    }
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Heartbeat {
+    /// Idle time after which `: heartbeat` is written.
+    pub interval: Dur,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            interval: Dur(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// What a resume with an unknown id does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMiss {
+    /// Answer `410 Gone`.
+    Gone,
+    /// Forward the request upstream as a fresh stream.
+    Restart,
+}
+
+/// What the last connection leaving a running stream does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisconnect {
+    /// Keep reading the upstream for `detach_grace`.
+    Continue,
+    /// Cancel the upstream at once.
+    Cancel,
+}
+
+/// `[resume]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resume {
+    /// The `retry:` sent to clients.
+    pub client_retry: Dur,
+    /// How long a stream with no connection keeps reading its upstream.
+    pub detach_grace: Dur,
+    /// How long a finished stream stays resumable.
+    pub retention: Dur,
+    /// Bytes one log holds at most (oldest events dropped first).
+    pub max_stream_bytes: Size,
+    /// Bytes all logs hold together at most (finished streams evicted first).
+    pub max_total_bytes: Size,
+    /// Unknown stream on resume: `gone` (410) or `restart`.
+    pub on_miss: OnMiss,
+    /// Last connection gone: `continue` (detach) or `cancel`.
+    pub on_disconnect: OnDisconnect,
+}
+
+impl Default for Resume {
+    fn default() -> Self {
+        Self {
+            client_retry: Dur(Duration::from_secs(1)),
+            detach_grace: Dur(Duration::from_secs(60)),
+            retention: Dur(Duration::from_secs(300)),
+            max_stream_bytes: Size(2 << 20),
+            max_total_bytes: Size(256 << 20),
+            on_miss: OnMiss::Gone,
+            on_disconnect: OnDisconnect::Continue,
+        }
+    }
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// `header:NAME` or `cookie:NAME`; unset: the stream id is the only capability.
+    #[serde(default)]
+    pub from: Option<SourceSpec>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Running upstream streams in total.
+    pub max_streams: usize,
+    /// Running upstream streams per identity.
+    pub max_streams_per_identity: usize,
+    /// Connections following one stream at once.
+    pub max_followers: usize,
+    /// Largest single write to one client (pending events are coalesced up to this).
+    pub max_write_bytes: Size,
+    /// `Retry-After` seconds sent with 429.
+    pub retry_after: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_streams: 1000,
+            max_streams_per_identity: 10,
+            max_followers: 8,
+            max_write_bytes: Size(64 << 10),
+            retry_after: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `[progress]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Progress {
+    /// Send `event: progress`.
+    pub enabled: bool,
+    /// At most one progress event per this many tokens.
+    pub every_tokens: usize,
+    /// And no more often than this.
+    pub min_interval: Dur,
+    /// Where learned history is kept across restarts.
+    pub state_file: Option<PathBuf>,
+    /// Answers remembered per route and model.
+    pub max_history: usize,
+    /// Priors per model.
+    #[serde(rename = "model")]
+    pub models: Vec<ModelPrior>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every_tokens: 10,
+            min_interval: Dur(Duration::from_millis(250)),
+            state_file: None,
+            max_history: 200,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// `[[progress.model]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrior {
+    /// Model name as given by `model_from`.
+    pub name: String,
+    /// Typical answer length in tokens.
+    pub expected_tokens: u64,
+    /// Typical speed.
+    #[serde(default)]
+    pub tokens_per_second: Option<f64>,
+}
+
+/// `[demo]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demo {
+    /// Serve the demo page at `{route_prefix}/demo`.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// `[client_metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientMetrics {
+    /// Accept `POST {route_prefix}/client-metrics`.
+    pub enabled: bool,
+    /// Reports accepted per second, over all clients.
+    pub per_second: u32,
+}
+
+impl Default for ClientMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_second: 50,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn from_toml_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                col,
+                message: e.message().to_string(),
+            }
+        })?;
+        cfg.validate().map_err(|(needle, message)| {
+            let (line, col) = needle
+                .and_then(|n| locate(text, &n))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                col,
+                message,
+            }
+        })
+    }
+
+    /// The route a request path is on, if any.
+    pub fn stream_route(&self, path: &str) -> Option<(usize, &StreamRoute)> {
+        self.streams.iter().enumerate().find(|(_, r)| r.path.matches(path))
+    }
+
+    /// Cross-field checks; the error names a key to locate and what is allowed.
+    fn validate(self) -> Result<Config, (Option<String>, String)> {
+        let key = |k: &str| Some(k.to_string());
+        let positive = |v: bool, k: &str, what: &str| if v { Ok(()) } else { Err((key(k), what.to_string())) };
+        positive(
+            !self.batching.max_delay.0.is_zero() || self.batching.max_tokens == 1,
+            "max_delay",
+            "batching.max_delay must be above 0 (or set max_tokens = 1 to disable batching)",
+        )?;
+        positive(self.batching.max_tokens >= 1, "max_tokens", "batching.max_tokens must be at least 1")?;
+        positive(self.batching.max_bytes.0 >= 1, "max_bytes", "batching.max_bytes must be at least 1 byte")?;
+        positive(self.heartbeat.interval.0 >= Duration::from_millis(10), "interval", "heartbeat.interval must be at least 10ms")?;
+        positive(!self.upstream.idle_timeout.0.is_zero(), "idle_timeout", "upstream.idle_timeout must be above 0")?;
+        positive(!self.upstream.connect_timeout.0.is_zero(), "connect_timeout", "upstream.connect_timeout must be above 0")?;
+        positive(
+            self.upstream.max_event_bytes.0 >= 64,
+            "max_event_bytes",
+            "upstream.max_event_bytes must be at least 64 bytes",
+        )?;
+        positive(
+            self.resume.max_stream_bytes.0 >= self.upstream.max_event_bytes.0.saturating_mul(2),
+            "max_stream_bytes",
+            "resume.max_stream_bytes must be at least twice upstream.max_event_bytes, so one event always fits",
+        )?;
+        positive(
+            self.resume.max_total_bytes.0 >= self.resume.max_stream_bytes.0,
+            "max_total_bytes",
+            "resume.max_total_bytes must be at least resume.max_stream_bytes",
+        )?;
+        positive(self.limits.max_streams >= 1, "max_streams", "limits.max_streams must be at least 1")?;
+        positive(
+            self.limits.max_streams_per_identity >= 1,
+            "max_streams_per_identity",
+            "limits.max_streams_per_identity must be at least 1",
+        )?;
+        positive(self.limits.max_followers >= 1, "max_followers", "limits.max_followers must be at least 1")?;
+        positive(self.limits.max_write_bytes.0 >= 1024, "max_write_bytes", "limits.max_write_bytes must be at least 1KiB")?;
+        positive(self.server.max_connections >= 1, "max_connections", "server.max_connections must be at least 1")?;
+        positive(self.progress.every_tokens >= 1, "every_tokens", "progress.every_tokens must be at least 1")?;
+        positive(self.progress.max_history >= 1, "max_history", "progress.max_history must be at least 1")?;
+        let p = &self.server.route_prefix;
+        positive(
+            p.starts_with('/') && p.len() > 1 && !p.ends_with('/') && !p.contains(['?', '#', '*']),
+            "route_prefix",
+            "server.route_prefix must be an absolute path without a trailing '/', such as \"/_sse-proxy\"",
+        )?;
+        for m in &self.progress.models {
+            if m.expected_tokens == 0 {
+                return Err((Some(m.name.clone()), format!("progress.model {:?}: expected_tokens must be at least 1", m.name)));
+            }
+            if let Some(r) = m.tokens_per_second {
+                if !(r.is_finite() && r > 0.0) {
+                    return Err((Some(m.name.clone()), format!("progress.model {:?}: tokens_per_second must be above 0", m.name)));
+                }
+            }
+        }
+        for (i, r) in self.streams.iter().enumerate() {
+            let label = r.path.as_label();
+            if self.streams[..i].iter().any(|o| o.path == r.path) {
+                return Err((Some(label.clone()), format!("duplicate [[stream]] path {label:?}")));
+            }
+            if r.terminal_events.iter().any(|t| t == &r.token_event) {
+                return Err((Some(label.clone()), format!(
+                    "[[stream]] {label:?}: token_event {:?} cannot also be a terminal event", r.token_event
+                )));
+            }
+            if label.starts_with(&format!("{p}/")) || label == *p {
+                return Err((Some(label.clone()), format!("[[stream]] {label:?} is inside server.route_prefix {p:?}")));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+/// Finds where a key or value is written, for validation errors that serde cannot place.
+fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    let quoted = format!("\"{needle}\"");
+    let at = text
+        .find(&quoted)
+        .or_else(|| text.lines().scan(0usize, |pos, l| {
+            let start = *pos;
+            *pos += l.len() + 1;
+            Some((start, l))
+        })
+        .find(|(_, l)| l.trim_start().starts_with(needle) && l.trim_start()[needle.len()..].trim_start().starts_with('='))
+        .map(|(start, l)| start + (l.len() - l.trim_start().len())))?;
+    Some(line_col(text, at))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[upstream]
+url = "http://127.0.0.1:8000"
+"#;
+
+fn err(text: &str) -> (usize, usize, String) {
+    match Config::from_toml_str(text, "proxy.toml") {
+        Err(ConfigError::Invalid { line, col, message, file }) => {
+            assert_eq!(file, "proxy.toml");
+            (line, col, message)
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_toml_str(MINIMAL, "x").expect("valid");
+    assert_eq!(c.heartbeat.interval.0, Duration::from_secs(15));
+    assert_eq!(c.upstream.max_event_bytes.0, 1 << 20);
+    assert_eq!(c.resume.client_retry.0, Duration::from_secs(1));
+    assert!(c.streams.is_empty());
+    assert_eq!(c.server.route_prefix, "/_sse-proxy");
+}
+
+#[test]
+fn shipped_example_is_valid() {
+    let text = include_str!("../../proxy.toml");
+    let c = Config::from_toml_str(text, "proxy.toml").expect("proxy.toml must be valid");
+    assert!(!c.streams.is_empty());
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let (line, col, msg) = err("[upstream]\nurl = \"http://a:1\"\nbogus = 1\n");
+    assert_eq!((line, col), (3, 1));
+    assert!(msg.contains("unknown field `bogus`"), "{msg}");
+    assert!(msg.contains("connect_timeout"), "lists allowed keys: {msg}");
+}
+
+#[test]
+fn bad_duration_says_what_is_allowed() {
+    let (line, col, msg) = err("[upstream]\nurl = \"http://a:1\"\n[heartbeat]\ninterval = \"15 seconds\"\n");
+    assert_eq!((line, col), (4, 12));
+    assert!(msg.contains("\"15s\""), "{msg}");
+}
+
+#[test]
+fn bad_size_and_url() {
+    let (line, _, msg) = err("[upstream]\nurl = \"http://a:1\"\nmax_event_bytes = \"1MB\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.contains("MiB"), "{msg}");
+    let (line, _, msg) = err("[upstream]\nurl = \"https://a:1\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("http://HOST:PORT"), "{msg}");
+}
+
+#[test]
+fn bad_stream_route() {
+    let base = "[upstream]\nurl = \"http://a:1\"\n";
+    let (line, _, msg) = err(&format!("{base}[[stream]]\npath = \"api\"\n"));
+    assert_eq!(line, 4);
+    assert!(msg.contains("start with '/'"), "{msg}");
+    let (_, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a/*/b\"\n"));
+    assert!(msg.contains("last segment"), "{msg}");
+    let (line, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a\"\nmodel_from = \"env:X\"\n"));
+    assert_eq!(line, 5);
+    assert!(msg.contains("query:NAME"), "{msg}");
+    let (line, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a\"\n[[stream]]\npath = \"/a\"\n"));
+    assert!(msg.contains("duplicate"), "{msg}");
+    assert_eq!(line, 4);
+}
+
+#[test]
+fn cross_field_checks_are_located() {
+    let (line, col, msg) = err("[upstream]\nurl = \"http://a:1\"\n[batching]\nmax_tokens = 0\n");
+    assert_eq!((line, col), (4, 1));
+    assert!(msg.contains("at least 1"), "{msg}");
+    let (_, _, msg) = err("[upstream]\nurl = \"http://a:1\"\nmax_event_bytes = \"1MiB\"\n[resume]\nmax_stream_bytes = \"1MiB\"\n");
+    assert!(msg.contains("twice"), "{msg}");
+}
+
+#[test]
+fn wrong_type_and_bad_toml() {
+    let (line, _, msg) = err("[upstream]\nurl = \"http://a:1\"\n[batching]\nadaptive = \"yes\"\n");
+    assert_eq!(line, 4);
+    assert!(msg.contains("bool"), "{msg}");
+    let (line, _, _) = err("[upstream\nurl = 1\n");
+    assert_eq!(line, 1);
+    let (_, _, msg) = err("");
+    assert!(msg.contains("upstream"), "{msg}");
+}
+
+#[test]
+fn identity_and_model_sources() {
+    let c = Config::from_toml_str(
+        "[upstream]\nurl = \"http://a:1/base\"\n[identity]\nfrom = \"cookie:session\"\n[[stream]]\npath = \"/s/*\"\nmodel_from = \"body:/model\"\ntoken_path = \"/content\"\n",
+        "x",
+    )
+    .expect("valid");
+    assert_eq!(c.identity.from, Some(SourceSpec::Cookie("session".into())));
+    assert_eq!(c.streams[0].model_from, Some(ModelSource::Body("/model".into())));
+    assert!(c.stream_route("/s/1").is_some());
+    assert!(c.stream_route("/s").is_some());
+    assert!(c.stream_route("/sx").is_none());
+    let (_, _, msg) = err("[upstream]\nurl = \"http://a:1\"\n[identity]\nfrom = \"query:x\"\n");
+    assert!(msg.contains("cookie:NAME"), "{msg}");
+}

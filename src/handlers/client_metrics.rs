@@ -1,0 +1,183 @@
+//! `POST {route_prefix}/client-metrics`: one small, strictly validated summary per stream from browsers.
+
+use crate::app::App;
+use crate::http_util::{self, ProxyBody};
+use crate::metrics as m;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use std::sync::Mutex;
+use tokio::time::Instant;
+
+/// Largest accepted report.
+pub const MAX_REPORT_BYTES: usize = 1024;
+/// Longest plausible stream, for range checks (1 hour).
+const MAX_MS: f64 = 3_600_000.0;
+/// Most reconnects one stream can plausibly report.
+const MAX_RECONNECTS: u32 = 10_000;
+
+/// A browser's summary of one stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Report {
+    #[serde(default)]
+    ttft_ms: Option<f64>,
+    #[serde(default)]
+    total_ms: Option<f64>,
+    #[serde(default)]
+    reconnects: Option<u32>,
+    #[serde(default)]
+    reconnect_successes: Option<u32>,
+    outcome: ReportOutcome,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ReportOutcome {
+    Done,
+    Cancelled,
+    Error,
+    Failed,
+}
+
+impl ReportOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReportOutcome::Done => "done",
+            ReportOutcome::Cancelled => "cancelled",
+            ReportOutcome::Error => "error",
+            ReportOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl Report {
+    fn validate(&self) -> Result<(), &'static str> {
+        let ms_ok = |v: Option<f64>| v.is_none_or(|x| x.is_finite() && (0.0..=MAX_MS).contains(&x));
+        if !ms_ok(self.ttft_ms) || !ms_ok(self.total_ms) {
+            return Err("ttft_ms and total_ms must be numbers of milliseconds between 0 and 3600000");
+        }
+        if self.reconnects.unwrap_or(0) > MAX_RECONNECTS {
+            return Err("reconnects is out of range");
+        }
+        if self.reconnect_successes.unwrap_or(0) > self.reconnects.unwrap_or(0) {
+            return Err("reconnect_successes cannot exceed reconnects");
+        }
+        Ok(())
+    }
+}
+
+/// A global token bucket: `per_second` reports per second, bursts up to the same number.
+pub struct RateLimit {
+    per_second: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(per_second: u32) -> Self {
+        let r = f64::from(per_second);
+        RateLimit {
+            per_second: r,
+            state: Mutex::new((r, Instant::now())),
+        }
+    }
+
+    /// Takes one token if available.
+    pub fn allow(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.per_second;
+        s.0 = (s.0 + refill).min(self.per_second);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Validates and records one report: 204, 400 (malformed), 413 (too large), 429 (rate limited).
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+    let bad = |msg: &str| {
+        metrics::counter!(m::REJECTED, "reason" => "client_metrics_invalid").increment(1);
+        http_util::error(StatusCode::BAD_REQUEST, "invalid_report", msg)
+    };
+    let is_json = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return bad("Content-Type must be application/json");
+    }
+    let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return bad("report larger than 1024 bytes"),
+    };
+    let report: Report = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(&format!("malformed report: {e}")),
+    };
+    if let Err(msg) = report.validate() {
+        return bad(msg);
+    }
+    if !app.client_reports.allow() {
+        metrics::counter!(m::REJECTED, "reason" => "client_metrics_rate").increment(1);
+        return http_util::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many reports");
+    }
+    if let Some(ms) = report.ttft_ms {
+        metrics::histogram!(m::CLIENT_TTFT).record(ms / 1000.0);
+    }
+    if let Some(ms) = report.total_ms {
+        metrics::histogram!(m::CLIENT_TOTAL).record(ms / 1000.0);
+    }
+    metrics::counter!(m::CLIENT_RECONNECTS).increment(u64::from(report.reconnects.unwrap_or(0)));
+    metrics::counter!(m::CLIENT_RECONNECT_SUCCESSES).increment(u64::from(report.reconnect_successes.unwrap_or(0)));
+    metrics::counter!(m::CLIENT_REPORTS, "outcome" => report.outcome.as_str()).increment(1);
+    http_util::status(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Report, String> {
+        let r: Report = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        r.validate().map_err(str::to_string)?;
+        Ok(r)
+    }
+
+    #[test]
+    fn accepts_valid_and_rejects_the_rest() {
+        assert!(parse(r#"{"ttft_ms":120.5,"total_ms":4000,"reconnects":2,"reconnect_successes":2,"outcome":"done"}"#).is_ok());
+        assert!(parse(r#"{"outcome":"cancelled"}"#).is_ok());
+        for bad in [
+            r#"{}"#,
+            r#"{"outcome":"win"}"#,
+            r#"{"outcome":"done","extra":1}"#,
+            r#"{"outcome":"done","ttft_ms":-1}"#,
+            r#"{"outcome":"done","total_ms":1e300}"#,
+            r#"{"outcome":"done","reconnects":-1}"#,
+            r#"{"outcome":"done","reconnects":1,"reconnect_successes":2}"#,
+            r#"{"outcome":"done","reconnects":99999999}"#,
+            r#"[1]"#,
+            "not json",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_refills() {
+        let rl = RateLimit::new(2);
+        assert!(rl.allow() && rl.allow());
+        assert!(!rl.allow());
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        assert!(rl.allow());
+        assert!(!rl.allow());
+    }
+}

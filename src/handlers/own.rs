@@ -1,0 +1,72 @@
+//! The proxy's own routes under `server.route_prefix`: client, demo page, cancel, client metrics.
+
+use crate::app::App;
+use crate::http_util::{self, ProxyBody};
+use crate::ids::StreamId;
+use crate::stream::State;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+/// The browser client (ES module), built from `clients/js`.
+const CLIENT_JS: &str = include_str!("../../clients/js/dist/sse-client.js");
+/// The Vue 3 composable (ES module importing `vue` and `./client.js`).
+const VUE_JS: &str = include_str!("../../clients/js/dist/vue.js");
+/// The demo page.
+const DEMO_HTML: &str = include_str!("../../clients/js/demo/index.html");
+
+/// Handles `{route_prefix}{rest}`.
+pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+    let method = req.method().clone();
+    match (&method, rest) {
+        (&Method::GET, "/client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/vue.js") => asset(VUE_JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/demo") if app.cfg.demo.enabled => asset(DEMO_HTML, "text/html; charset=utf-8"),
+        (&Method::POST, "/client-metrics") if app.cfg.client_metrics.enabled => {
+            super::client_metrics::handle(app, req).await
+        }
+        (&Method::POST, r) if cancel_id(r).is_some() => cancel(app, cancel_id(r).unwrap_or_default(), &req),
+        _ => http_util::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(http_util::full(body));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// `/streams/{id}/cancel` → `{id}`.
+fn cancel_id(rest: &str) -> Option<&str> {
+    rest.strip_prefix("/streams/")?.strip_suffix("/cancel")
+}
+
+/// Owner-only Stop: 202 cancelled, 409 already finished, 404 unknown or not yours (one body).
+fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let not_found = || http_util::error(StatusCode::NOT_FOUND, "stream_not_found", "no such stream");
+    let Some(stream) = StreamId::parse(id).and_then(|id| app.registry.get(&id)) else {
+        return not_found();
+    };
+    if !app.identity.permits(stream.owner, app.identity.owner(req.headers())) {
+        return not_found();
+    }
+    if let State::Finished(outcome, _) = stream.state() {
+        return http_util::json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({
+                "error": "stream_finished",
+                "message": "the stream has already finished",
+                "outcome": outcome.as_str(),
+            }),
+        );
+    }
+    if !stream.cancel() {
+        return http_util::error(StatusCode::CONFLICT, "stream_finished", "the stream has already finished");
+    }
+    tracing::info!(stream_id = %stream.id, "stream cancelled by its owner");
+    http_util::json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "stream_id": stream.id.to_string(), "cancelled": true, "tokens": stream.tokens() }),
+    )
+}

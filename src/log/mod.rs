@@ -1,0 +1,77 @@
+//! The stream log: re-framed events of one stream, ids assigned on append, read by cursors.
+//!
+//! A stream appends; every connection is a cursor that reads after a sequence number. Live delivery and
+//! replay are the same read. `MemoryLog` is the default store; a shared store (for several replicas)
+//! implements the same trait.
+
+mod memory;
+
+pub use memory::{LogBudget, MemoryLog};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// The result of reading a log after a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// One or more encoded frames, coalesced, and the seq of the last one.
+    Data {
+        /// Encoded frames, ready for the wire.
+        chunk: Bytes,
+        /// Seq of the last frame in `chunk`.
+        last: u64,
+    },
+    /// Nothing after this position yet; wait on the subscription.
+    Pending,
+    /// The log is closed and everything has been read.
+    End,
+    /// The position is no longer (or never was) in the log.
+    Gone,
+}
+
+/// One stream's append-only event log.
+pub trait StreamLog: Send + Sync + 'static {
+    /// Encodes and appends an event with the next seq (`id: <stream>:<seq>`); returns the seq.
+    /// `event` is the event type (`None` for `message`). Appends after `close` are ignored and return 0.
+    fn append(&self, event: Option<&str>, data: &str) -> u64;
+    /// Marks the log complete: readers get `End` once they have read everything.
+    fn close(&self);
+    /// Frames after `after`, coalesced up to `max_bytes` (always at least one frame when any is available).
+    fn read_after(&self, after: u64, max_bytes: usize) -> Read;
+    /// A handle that wakes when the log changes.
+    fn subscribe(&self) -> Subscription;
+    /// Bytes held.
+    fn bytes(&self) -> usize;
+    /// Seq of the last appended event (0 when empty).
+    fn last_seq(&self) -> u64;
+    /// Seq of the oldest event still held (`last_seq + 1` when none is held).
+    fn first_seq(&self) -> u64;
+    /// Whether `close` was called.
+    fn is_closed(&self) -> bool;
+    /// Drops every event (eviction); readers get `Gone`.
+    fn clear(&self);
+    /// Drops the oldest events until at most `max_bytes` are held (the newest event is always kept).
+    fn shrink_to(&self, max_bytes: usize);
+}
+
+/// Wakes a cursor when its log changes.
+#[derive(Debug)]
+pub struct Subscription(watch::Receiver<()>);
+
+impl Subscription {
+    /// Wraps a watch receiver fed by a log.
+    pub fn new(rx: watch::Receiver<()>) -> Self {
+        Subscription(rx)
+    }
+
+    /// Marks the current state seen; call before reading so no change is missed.
+    pub fn mark_seen(&mut self) {
+        self.0.borrow_and_update();
+    }
+
+    /// Waits for a change after the last `mark_seen`. Returns at once if the log is gone.
+    pub async fn changed(&mut self) {
+        // An error means the log was dropped: the next read tells the cursor what to do.
+        let _ = self.0.changed().await;
+    }
+}

@@ -1,0 +1,201 @@
+//! The `sse-proxy` command.
+
+use clap::{Parser, Subcommand};
+use sse_proxy::config::{Config, ConfigError, UpstreamUrl};
+use sse_proxy::telemetry::{self, LogFormat};
+use sse_proxy::{demo, server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration or command line (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// An SSE-aware reverse proxy that re-frames LLM token streams.
+#[derive(Parser)]
+#[command(name = "sse-proxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file.
+    #[arg(long, default_value = "proxy.toml", global = true)]
+    config: PathBuf,
+    /// Main listener address (overrides server.listen).
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Admin listener address (overrides server.admin_listen).
+    #[arg(long, global = true)]
+    admin_listen: Option<SocketAddr>,
+    /// Backend URL (overrides upstream.url).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "pretty", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit (0 when valid).
+    Check,
+    /// Run a synthetic LLM backend with the proxy and its demo page in front of it.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Some(Command::Check) => match load(&cli) {
+            Ok(cfg) => {
+                println!("{}: ok ({} stream route(s))", cli.config.display(), cfg.streams.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Some(Command::Demo) => run_demo(&cli),
+        None => match load(&cli) {
+            Ok(cfg) => run(cfg, None),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+    }
+}
+
+/// Reads the config file and applies the command-line overrides.
+fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut cfg = Config::from_file(&cli.config)?;
+    if let Some(a) = cli.listen {
+        cfg.server.listen = a;
+    }
+    if let Some(a) = cli.admin_listen {
+        cfg.server.admin_listen = a;
+    }
+    if let Some(u) = &cli.upstream {
+        cfg.upstream.url = parse_upstream(u)?;
+    }
+    Ok(cfg)
+}
+
+fn parse_upstream(u: &str) -> Result<UpstreamUrl, ConfigError> {
+    toml::Value::String(u.to_string())
+        .try_into::<UpstreamUrl>()
+        .map_err(|e| ConfigError::Invalid {
+            file: "--upstream".into(),
+            line: 1,
+            col: 1,
+            message: e.to_string(),
+        })
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn run(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(cfg, banner))
+}
+
+async fn serve(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    let bound = match server::bind(cfg, shutdown.clone()).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (main, admin) = (bound.main_addr(), bound.admin_addr());
+    println!("{}", serde_json::json!({ "listening": main.to_string(), "admin": admin.to_string() }));
+    if let Some(b) = banner {
+        b(main, admin);
+    }
+    tracing::info!(%main, %admin, "listening");
+    tokio::spawn(signals(shutdown));
+    bound.serve().await;
+    ExitCode::SUCCESS
+}
+
+/// First SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
+async fn signals(shutdown: CancellationToken) {
+    wait_signal().await;
+    tracing::info!("signal received: shutting down gracefully (send again to exit now)");
+    shutdown.cancel();
+    wait_signal().await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn run_demo(cli: &Cli) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = cli.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin = cli.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+    rt.block_on(async move {
+        let backend = match demo::start_backend(CancellationToken::new()).await {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: cannot start the demo backend: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match demo::config(backend, listen, admin) {
+            Ok(cfg) => serve(cfg, Some(demo_banner)).await,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        }
+    })
+}
+
+fn demo_banner(main: SocketAddr, admin: SocketAddr) {
+    println!(
+        "\nsse-proxy demo is running (a synthetic LLM backend behind the proxy):\n\
+         \n  demo page   http://{main}/_sse-proxy/demo\
+         \n  a stream    curl -N 'http://{main}/api/question/stream?question=hello&model=demo'\
+         \n  streams     http://{admin}/streams\
+         \n  metrics     http://{admin}/metrics\
+         \n\nPress Ctrl-C to stop."
+    );
+}

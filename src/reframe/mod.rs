@@ -1,0 +1,391 @@
+//! The upstream reader of one stream: bytes → SSE parser → batcher and progress → the stream's log.
+//!
+//! It runs as its own task, independent of any client connection: connections come and go as
+//! cursors over the log while this task keeps reading until the answer ends, the owner cancels, the
+//! stream is abandoned, or the proxy shuts down.
+
+pub mod batcher;
+pub mod token;
+
+use crate::config::StreamRoute;
+use crate::metrics as m;
+use crate::progress::{Learner, Tracker};
+use crate::sse::{Event, Parser};
+use crate::stream::{Outcome, Registry, Slot, Stream};
+use batcher::{Batcher, Limits};
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Everything a stream's reader needs that is fixed for its route.
+pub struct RouteSettings {
+    /// The route as configured (label).
+    pub label: Arc<str>,
+    /// Upstream event type carrying tokens.
+    pub token_event: String,
+    /// JSON Pointer to token text.
+    pub token_path: Option<String>,
+    /// Upstream events that end the stream.
+    pub terminal_events: Vec<String>,
+}
+
+impl RouteSettings {
+    /// From a `[[stream]]` table.
+    pub fn new(route: &StreamRoute) -> Self {
+        RouteSettings {
+            label: route.path.as_label().into(),
+            token_event: route.token_event.clone(),
+            token_path: route.token_path.as_ref().map(|p| p.0.clone()),
+            terminal_events: route.terminal_events.clone(),
+        }
+    }
+}
+
+/// Settings shared by every stream's reader.
+pub struct ReaderSettings {
+    /// Batching limits.
+    pub batching: Limits,
+    /// Upstream silence that ends a stream.
+    pub idle_timeout: Duration,
+    /// Largest upstream event.
+    pub max_event_bytes: usize,
+    /// How long a stream with no follower keeps reading (zero: cancel at once).
+    pub detach_grace: Duration,
+    /// Time allowed after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// Progress settings, when enabled.
+    pub progress: Option<(Arc<Learner>, usize, Duration)>,
+}
+
+/// Why the reader stopped, and what the stream's last event says.
+enum End {
+    /// The upstream sent a terminal event (already appended).
+    Terminal,
+    /// The upstream body ended without one.
+    Eof,
+    /// Owner pressed Stop.
+    Cancelled,
+    /// An error event with this code.
+    Error(ErrorCode),
+}
+
+/// Codes of the `error` events the proxy writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The upstream connection broke mid-answer.
+    UpstreamReset,
+    /// The upstream was silent for `idle_timeout`.
+    UpstreamTimeout,
+    /// The upstream sent something that is not a valid event stream (oversized event).
+    UpstreamMalformed,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// Nobody reattached within `detach_grace`.
+    Abandoned,
+}
+
+impl ErrorCode {
+    /// The wire and metric code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UpstreamReset => "upstream_reset",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamMalformed => "upstream_malformed",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::Abandoned => "abandoned",
+        }
+    }
+
+    /// Whether asking again may succeed.
+    fn recoverable(self) -> bool {
+        !matches!(self, ErrorCode::UpstreamMalformed | ErrorCode::Abandoned)
+    }
+
+    fn outcome(self) -> Outcome {
+        match self {
+            ErrorCode::Shutdown => Outcome::Shutdown,
+            ErrorCode::Abandoned => Outcome::Abandoned,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+/// The `data` of an error event.
+pub fn error_data(code: &str, message: &str, recoverable: bool) -> String {
+    serde_json::json!({ "code": code, "message": message, "recoverable": recoverable }).to_string()
+}
+
+/// Reads one stream's upstream into its log.
+pub struct Reader<B> {
+    stream: Arc<Stream>,
+    body: B,
+    route: Arc<RouteSettings>,
+    settings: Arc<ReaderSettings>,
+    registry: Arc<Registry>,
+    parser: Parser,
+    batcher: Batcher,
+    progress: Option<Tracker>,
+    arrived: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    tokens: u64,
+    _slot: Slot,
+}
+
+impl<B> Reader<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    /// A reader for `stream`, fed by `body`; `arrived` is when the client's request arrived.
+    pub fn new(
+        stream: Arc<Stream>,
+        body: B,
+        route: Arc<RouteSettings>,
+        settings: Arc<ReaderSettings>,
+        registry: Arc<Registry>,
+        slot: Slot,
+        arrived: Instant,
+    ) -> Self {
+        let progress = settings.progress.as_ref().map(|(learner, every, min)| {
+            Tracker::new(
+                learner.clone(),
+                route.label.to_string(),
+                stream.model.clone(),
+                *every,
+                *min,
+                arrived,
+            )
+        });
+        Reader {
+            parser: Parser::new(settings.max_event_bytes),
+            batcher: Batcher::new(settings.batching),
+            stream,
+            body,
+            route,
+            settings,
+            registry,
+            progress,
+            arrived,
+            first_token: None,
+            last_token: None,
+            tokens: 0,
+            _slot: slot,
+        }
+    }
+
+    /// Reads until the stream ends, then closes its log. The upstream body is dropped on return,
+    /// which closes the backend connection if the answer was not complete.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        m::counter_inc(m::STREAMS_STARTED);
+        let end = self.drive(shutdown).await;
+        let outcome = self.write_end(end);
+        self.stream.finish(outcome);
+        self.stream.log.close();
+        self.record(outcome);
+        tracing::info!(outcome = outcome.as_str(), tokens = self.tokens, "stream finished");
+    }
+
+    async fn drive(&mut self, shutdown: CancellationToken) -> End {
+        let mut followers = self.stream.watch_followers();
+        let mut detached_since = (*followers.borrow_and_update() == 0).then(Instant::now);
+        let mut shutdown_at: Option<Instant> = None;
+        let mut idle_at = Instant::now() + self.settings.idle_timeout;
+        let stream = self.stream.clone();
+        loop {
+            let detach_at = detached_since.map(|t| t + self.settings.detach_grace);
+            let batch_at = self.batcher.deadline();
+            tokio::select! {
+                biased;
+                _ = stream.cancelled() => return End::Cancelled,
+                _ = sleep_opt(shutdown_at) => return End::Error(ErrorCode::Shutdown),
+                _ = sleep_opt(detach_at) => return End::Error(ErrorCode::Abandoned),
+                _ = shutdown.cancelled(), if shutdown_at.is_none() => {
+                    shutdown_at = Some(Instant::now() + self.settings.shutdown_grace);
+                }
+                changed = followers.changed() => {
+                    if changed.is_err() {
+                        return End::Error(ErrorCode::Abandoned);
+                    }
+                    let n = *followers.borrow_and_update();
+                    detached_since = match (n, detached_since) {
+                        (0, None) => Some(Instant::now()),
+                        (0, since) => since,
+                        _ => None,
+                    };
+                }
+                _ = sleep_opt(batch_at) => self.flush(Instant::now()),
+                frame = timeout_at(idle_at, self.body.frame()) => match frame {
+                    Err(_) => return End::Error(ErrorCode::UpstreamTimeout),
+                    Ok(None) => return End::Eof,
+                    Ok(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "upstream body failed");
+                        return End::Error(ErrorCode::UpstreamReset);
+                    }
+                    Ok(Some(Ok(frame))) => {
+                        idle_at = Instant::now() + self.settings.idle_timeout;
+                        if let Ok(data) = frame.into_data() {
+                            if let Some(end) = self.feed(data) {
+                                return end;
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Parses a chunk and handles its events; `Some` when the stream must end.
+    fn feed(&mut self, data: Bytes) -> Option<End> {
+        let result = self.parser.feed(data);
+        while let Some(ev) = self.parser.next_event() {
+            if let Some(end) = self.on_event(ev) {
+                return Some(end);
+            }
+        }
+        match result {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream event too large");
+                Some(End::Error(ErrorCode::UpstreamMalformed))
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Option<End> {
+        m::counter_inc(m::UPSTREAM_EVENTS);
+        let now = Instant::now();
+        let name = ev.event.as_str();
+        if name == self.route.token_event {
+            if let Some(tok) = token::extract(ev.data.as_str(), self.route.token_path.as_deref()) {
+                self.first_token.get_or_insert(now);
+                self.last_token = Some(now);
+                if let Some(batch) = self.batcher.push(&tok, now) {
+                    self.send_batch(batch, now);
+                }
+                return None;
+            }
+            tracing::debug!("token event without token text; passed through");
+        }
+        self.flush(now);
+        let terminal = self.route.terminal_events.iter().any(|t| t == name);
+        if terminal {
+            self.final_progress(now);
+        }
+        self.append(Some(name), ev.data.as_str());
+        terminal.then_some(End::Terminal)
+    }
+
+    fn append(&self, event: Option<&str>, data: &str) {
+        let event = event.filter(|e| *e != "message");
+        self.stream.log.append(event, data);
+        m::counter_inc(m::DOWNSTREAM_EVENTS);
+        self.registry.enforce_budget();
+    }
+
+    fn flush(&mut self, now: Instant) {
+        if let Some(batch) = self.batcher.take() {
+            self.send_batch(batch, now);
+        }
+    }
+
+    fn send_batch(&mut self, batch: batcher::Batch, now: Instant) {
+        if self.tokens == 0 {
+            metrics::histogram!(m::TTFT).record(now.saturating_duration_since(self.arrived).as_secs_f64());
+        }
+        let n = batch.tokens as u64;
+        self.append(None, &token::batch_json(&batch.text, batch.tokens));
+        self.tokens += n;
+        self.stream.add_tokens(n);
+        metrics::counter!(m::TOKENS).increment(n);
+        metrics::histogram!(m::BATCH_TOKENS).record(batch.tokens as f64);
+        if let Some(p) = self.progress.as_mut() {
+            p.on_tokens(n, now);
+            if p.due(now) {
+                let snap = p.snapshot(now);
+                self.append_progress(&snap);
+            }
+        }
+    }
+
+    fn final_progress(&mut self, now: Instant) {
+        if let Some(p) = self.progress.as_mut() {
+            let snap = p.finish(now);
+            self.append_progress(&snap);
+        }
+    }
+
+    fn append_progress(&self, snap: &impl serde::Serialize) {
+        if let Ok(data) = serde_json::to_string(snap) {
+            self.append(Some("progress"), &data);
+        }
+    }
+
+    /// Writes the stream's last event for `end`; returns the outcome.
+    fn write_end(&mut self, end: End) -> Outcome {
+        let now = Instant::now();
+        match end {
+            End::Terminal => Outcome::Completed,
+            End::Eof => {
+                self.flush(now);
+                if self.parser.finish() {
+                    tracing::debug!("unfinished upstream event discarded at end of stream");
+                }
+                self.final_progress(now);
+                self.append(Some("done"), &serde_json::json!({ "total_tokens": self.tokens }).to_string());
+                Outcome::Completed
+            }
+            End::Cancelled => {
+                self.flush(now);
+                let data = serde_json::json!({ "total_tokens": self.tokens, "cancelled": true });
+                self.append(Some("done"), &data.to_string());
+                Outcome::Cancelled
+            }
+            End::Error(code) => {
+                self.flush(now);
+                m::error(code.as_str());
+                let message = match code {
+                    ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
+                    ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
+                    ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
+                    ErrorCode::Shutdown => "the proxy is restarting; ask again",
+                    ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
+                };
+                self.append(Some("error"), &error_data(code.as_str(), message, code.recoverable()));
+                code.outcome()
+            }
+        }
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        metrics::counter!(m::STREAMS_FINISHED, "outcome" => outcome.as_str()).increment(1);
+        metrics::histogram!(m::STREAM_DURATION).record(self.arrived.elapsed().as_secs_f64());
+        if let (Some(first), Some(last)) = (self.first_token, self.last_token) {
+            let secs = last.saturating_duration_since(first).as_secs_f64();
+            if secs > 0.0 && self.tokens > 1 {
+                metrics::histogram!(m::STREAM_TPS).record((self.tokens - 1) as f64 / secs);
+            }
+        }
+        if outcome != Outcome::Completed || self.tokens == 0 {
+            return;
+        }
+        if let (Some(p), Some((learner, _, _))) = (self.progress.as_ref(), self.settings.progress.as_ref()) {
+            if let Some(err) = p.estimate_error_at_quarter(self.tokens) {
+                metrics::histogram!(m::PROGRESS_ERROR).record(err);
+            }
+            learner.record(&self.route.label, &self.stream.model, self.tokens);
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when `None`.
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

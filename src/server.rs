@@ -1,0 +1,201 @@
+//! Listeners, the accept loop and graceful shutdown.
+
+use crate::admin;
+use crate::app::App;
+use crate::config::Config;
+use crate::metrics as m;
+use crate::progress::{self, Learner};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The metrics recorder could not be installed.
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+/// A proxy whose listeners are bound, ready to serve.
+pub struct Bound {
+    main: TcpListener,
+    admin: TcpListener,
+    app: Arc<App>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// Binds both listeners and builds the shared state. `shutdown` fires to stop serving.
+pub async fn bind(cfg: Config, shutdown: CancellationToken) -> Result<Bound, ServerError> {
+    let metrics = m::install().map_err(ServerError::Metrics)?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    let main = bind(cfg.server.listen).await?;
+    let admin = bind(cfg.server.admin_listen).await?;
+    let learner = cfg.progress.enabled.then(|| load_learner(&cfg));
+    let app = Arc::new(App::new(cfg, learner, shutdown));
+    Ok(Bound {
+        main,
+        admin,
+        app,
+        metrics,
+    })
+}
+
+fn load_learner(cfg: &Config) -> Arc<Learner> {
+    let opts = progress::Options {
+        every_tokens: cfg.progress.every_tokens,
+        min_interval: cfg.progress.min_interval.0,
+        priors: cfg
+            .progress
+            .models
+            .iter()
+            .map(|p| progress::ModelPrior {
+                name: p.name.clone(),
+                expected_tokens: p.expected_tokens,
+                tokens_per_second: p.tokens_per_second,
+            })
+            .collect(),
+        state_file: cfg.progress.state_file.clone(),
+        max_history: cfg.progress.max_history,
+        max_keys: progress::DEFAULT_MAX_KEYS,
+    };
+    let (learner, err) = Learner::load(&opts);
+    if let Some(e) = err {
+        tracing::warn!(error = %e, "progress state file not loaded; starting with no history");
+    }
+    Arc::new(learner)
+}
+
+impl Bound {
+    /// The main listener's address.
+    pub fn main_addr(&self) -> SocketAddr {
+        self.main.local_addr().unwrap_or_else(|_| self.app.cfg.server.listen)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or_else(|_| self.app.cfg.server.admin_listen)
+    }
+
+    /// The shared state (tests inspect the registry).
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until shutdown, then drains: streams get `shutdown_grace` to finish.
+    pub async fn serve(self) {
+        let app = self.app;
+        let stop_admin = CancellationToken::new();
+        let sweep_every = (app.cfg.resume.retention.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
+        tokio::spawn(admin::serve(self.admin, app.clone(), self.metrics, stop_admin.clone()));
+        if let Some(learner) = app.learner.clone() {
+            if app.cfg.progress.state_file.is_some() {
+                tokio::spawn(save_periodically(learner, stop_admin.clone()));
+            }
+        }
+        serve_main(self.main, app.clone()).await;
+        if let Some(learner) = app.learner.clone() {
+            save_learner(learner).await;
+        }
+        stop_admin.cancel();
+        tracing::info!("stopped");
+    }
+}
+
+async fn save_learner(learner: Arc<Learner>) {
+    match tokio::task::spawn_blocking(move || learner.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "progress state not saved"),
+        Err(e) => tracing::warn!(error = %e, "progress state save task failed"),
+    }
+}
+
+async fn save_periodically(learner: Arc<Learner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => save_learner(learner.clone()).await,
+        }
+    }
+}
+
+/// A server connection builder: HTTP/1.1 and h2c, with the header read timeout armed.
+pub fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    b.http2().timer(TokioTimer::new());
+    b
+}
+
+async fn serve_main(listener: TcpListener, app: Arc<App>) {
+    let shutdown = app.shutdown.clone();
+    let builder = builder(app.cfg.server.header_read_timeout.0);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(app.cfg.server.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let svc = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
+            if let Err(e) = conn.await {
+                // A client closing an endless SSE body is the normal end of a stream.
+                tracing::debug!(error = %e, "connection ended");
+            }
+            metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = app.cfg.server.shutdown_grace.0 + Duration::from_secs(5);
+    tracing::info!(grace = ?app.cfg.server.shutdown_grace.0, "shutting down: no new connections, draining");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+}

@@ -1,0 +1,346 @@
+//! All streams of this process: lookup by id, admission limits, retention and memory eviction.
+
+use super::{State, Stream};
+use crate::identity::Owner;
+use crate::ids::StreamId;
+use crate::log::LogBudget;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Why a new stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// `limits.max_streams` running.
+    #[error("too many streams are running; try again later")]
+    MaxStreams,
+    /// `limits.max_streams_per_identity` running for this user.
+    #[error("too many of your streams are running; wait for one to finish")]
+    MaxStreamsPerIdentity,
+}
+
+impl Rejected {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::MaxStreams => "max_streams",
+            Rejected::MaxStreamsPerIdentity => "max_streams_per_identity",
+        }
+    }
+}
+
+/// A snapshot of one stream for the admin `/streams` list (no content, no identity).
+#[derive(Debug, serde::Serialize)]
+pub struct StreamInfo {
+    /// Stream id.
+    pub id: String,
+    /// `running`, `detached` or `finished`.
+    pub state: &'static str,
+    /// Outcome, when finished.
+    pub outcome: Option<&'static str>,
+    /// Configured route.
+    pub route: String,
+    /// Model name.
+    pub model: String,
+    /// Tokens so far.
+    pub tokens: u64,
+    /// Connections attached.
+    pub connections: usize,
+    /// Seconds since start.
+    pub age_seconds: f64,
+    /// Bytes its log holds.
+    pub bytes: usize,
+    /// Last event seq.
+    pub last_seq: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    streams: HashMap<StreamId, Arc<Stream>>,
+    running: usize,
+    running_by_owner: HashMap<Owner, usize>,
+}
+
+/// The registry of streams.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    budget: Arc<LogBudget>,
+    max_streams: usize,
+    max_per_owner: usize,
+    max_total_bytes: usize,
+    retention: Duration,
+}
+
+/// A reserved running-stream slot; released on drop.
+pub struct Slot {
+    registry: Arc<Registry>,
+    owner: Option<Owner>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        inner.running = inner.running.saturating_sub(1);
+        if let Some(o) = self.owner {
+            if let Some(n) = inner.running_by_owner.get_mut(&o) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.running_by_owner.remove(&o);
+                }
+            }
+        }
+        metrics::gauge!(crate::metrics::STREAMS_ACTIVE).set(inner.running as f64);
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(
+        budget: Arc<LogBudget>,
+        max_streams: usize,
+        max_per_owner: usize,
+        max_total_bytes: usize,
+        retention: Duration,
+    ) -> Self {
+        Registry {
+            inner: Mutex::new(Inner::default()),
+            budget,
+            max_streams,
+            max_per_owner,
+            max_total_bytes,
+            retention,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shared byte budget of all logs.
+    pub fn budget(&self) -> &Arc<LogBudget> {
+        &self.budget
+    }
+
+    /// Reserves a running-stream slot for `owner`, or says which limit is reached.
+    pub fn reserve(self: &Arc<Self>, owner: Option<Owner>) -> Result<Slot, Rejected> {
+        let mut inner = self.lock();
+        if inner.running >= self.max_streams {
+            return Err(Rejected::MaxStreams);
+        }
+        if let Some(o) = owner {
+            let n = inner.running_by_owner.entry(o).or_insert(0);
+            if *n >= self.max_per_owner {
+                return Err(Rejected::MaxStreamsPerIdentity);
+            }
+            *n += 1;
+        }
+        inner.running += 1;
+        metrics::gauge!(crate::metrics::STREAMS_ACTIVE).set(inner.running as f64);
+        Ok(Slot {
+            registry: self.clone(),
+            owner,
+        })
+    }
+
+    /// Adds a stream.
+    pub fn insert(&self, stream: Arc<Stream>) {
+        self.lock().streams.insert(stream.id, stream);
+    }
+
+    /// Looks a stream up.
+    pub fn get(&self, id: &StreamId) -> Option<Arc<Stream>> {
+        self.lock().streams.get(id).cloned()
+    }
+
+    /// Running streams now.
+    pub fn running(&self) -> usize {
+        self.lock().running
+    }
+
+    /// Streams held (running and retained).
+    pub fn len(&self) -> usize {
+        self.lock().streams.len()
+    }
+
+    /// Whether no stream is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops finished streams older than the retention, and evicts while over the byte budget.
+    pub fn sweep(&self, now: Instant) {
+        let mut inner = self.lock();
+        let retention = self.retention;
+        inner.streams.retain(|_, s| match s.state() {
+            State::Finished(_, at) => now.saturating_duration_since(at) < retention,
+            State::Running => true,
+        });
+        drop(inner);
+        self.enforce_budget();
+        self.publish_gauges();
+    }
+
+    /// Evicts until all logs fit `max_total_bytes`: finished streams first (oldest first), then the
+    /// oldest events of the largest running logs.
+    pub fn enforce_budget(&self) {
+        if self.budget.held() <= self.max_total_bytes {
+            return;
+        }
+        let mut inner = self.lock();
+        let mut finished: Vec<(Instant, StreamId)> = inner
+            .streams
+            .values()
+            .filter_map(|s| match s.state() {
+                State::Finished(_, at) => Some((at, s.id)),
+                State::Running => None,
+            })
+            .collect();
+        finished.sort();
+        for (_, id) in finished {
+            if self.budget.held() <= self.max_total_bytes {
+                return;
+            }
+            if let Some(s) = inner.streams.remove(&id) {
+                s.log.clear();
+                metrics::counter!(crate::metrics::EVICTIONS, "kind" => "finished").increment(1);
+            }
+        }
+        let mut running: Vec<Arc<Stream>> = inner.streams.values().cloned().collect();
+        drop(inner);
+        running.sort_by_key(|s| std::cmp::Reverse(s.log.bytes()));
+        for s in running {
+            let held = self.budget.held();
+            if held <= self.max_total_bytes {
+                return;
+            }
+            let excess = held - self.max_total_bytes;
+            s.log.shrink_to(s.log.bytes().saturating_sub(excess));
+            metrics::counter!(crate::metrics::EVICTIONS, "kind" => "running").increment(1);
+        }
+    }
+
+    /// Updates the detached-streams gauge.
+    fn publish_gauges(&self) {
+        let detached = self
+            .lock()
+            .streams
+            .values()
+            .filter(|s| s.state() == State::Running && s.followers() == 0)
+            .count();
+        metrics::gauge!(crate::metrics::STREAMS_DETACHED).set(detached as f64);
+    }
+
+    /// Snapshot for `/streams`, newest first.
+    pub fn list(&self, now: Instant) -> Vec<StreamInfo> {
+        let streams: Vec<Arc<Stream>> = self.lock().streams.values().cloned().collect();
+        let mut out: Vec<StreamInfo> = streams
+            .iter()
+            .map(|s| {
+                let (state, outcome) = match s.state() {
+                    State::Running if s.followers() == 0 => ("detached", None),
+                    State::Running => ("running", None),
+                    State::Finished(o, _) => ("finished", Some(o.as_str())),
+                };
+                StreamInfo {
+                    id: s.id.to_string(),
+                    state,
+                    outcome,
+                    route: s.route.to_string(),
+                    model: s.model.clone(),
+                    tokens: s.tokens(),
+                    connections: s.followers(),
+                    age_seconds: now.saturating_duration_since(s.started).as_secs_f64(),
+                    bytes: s.log.bytes(),
+                    last_seq: s.log.last_seq(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.age_seconds.total_cmp(&b.age_seconds));
+        out
+    }
+
+    /// Runs `sweep` every `every` until `stop` fires.
+    pub async fn run_sweeper(self: Arc<Self>, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.sweep(Instant::now()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::MemoryLog;
+    use crate::stream::Outcome;
+
+    fn registry(max_total: usize) -> Arc<Registry> {
+        Arc::new(Registry::new(Arc::new(LogBudget::default()), 2, 1, max_total, Duration::from_secs(60)))
+    }
+
+    fn add(r: &Registry, max_bytes: usize) -> Arc<Stream> {
+        let id = StreamId::random();
+        let log = Arc::new(MemoryLog::new(id, max_bytes, r.budget().clone()));
+        let s = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
+        r.insert(s.clone());
+        s
+    }
+
+    #[test]
+    fn limits_total_and_per_owner() {
+        let r = registry(1 << 20);
+        let a = Owner::test(1);
+        let s1 = r.reserve(Some(a)).expect("first");
+        assert_eq!(r.reserve(Some(a)).err(), Some(Rejected::MaxStreamsPerIdentity));
+        let s2 = r.reserve(None).expect("anonymous");
+        assert_eq!(r.reserve(Some(Owner::test(2))).err(), Some(Rejected::MaxStreams));
+        drop(s1);
+        drop(s2);
+        assert_eq!(r.running(), 0);
+        assert!(r.reserve(Some(a)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_drops_finished_streams() {
+        let r = registry(1 << 20);
+        let s = add(&r, 1 << 20);
+        let running = add(&r, 1 << 20);
+        s.finish(Outcome::Completed);
+        r.sweep(Instant::now());
+        assert!(r.get(&s.id).is_some());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        r.sweep(Instant::now());
+        assert!(r.get(&s.id).is_none());
+        assert!(r.get(&running.id).is_some());
+    }
+
+    #[test]
+    fn budget_evicts_finished_oldest_first_then_shrinks_running() {
+        let r = registry(10_000);
+        let old = add(&r, 1 << 20);
+        let young = add(&r, 1 << 20);
+        let running = add(&r, 1 << 20);
+        for s in [&old, &young, &running] {
+            for _ in 0..40 {
+                s.log.append(None, &"x".repeat(100));
+            }
+        }
+        old.finish(Outcome::Completed);
+        young.finish(Outcome::Completed);
+        r.enforce_budget();
+        assert!(r.budget().held() <= 10_000, "{}", r.budget().held());
+        assert!(r.get(&old.id).is_none(), "oldest finished evicted first");
+        for _ in 0..200 {
+            running.log.append(None, &"y".repeat(100));
+            r.enforce_budget();
+        }
+        assert!(r.get(&young.id).is_none());
+        assert!(r.budget().held() <= 10_000, "{}", r.budget().held());
+        assert!(running.log.bytes() > 0);
+    }
+}
