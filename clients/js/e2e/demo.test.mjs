@@ -57,6 +57,7 @@ describe('demo page', { skip: skipProxy, timeout: 120000 }, () => {
     assert.equal(await page.isHidden('#error'), true);
     assert.match(await page.textContent('#stats'), /Reconnects\s*[1-9]/);
     mkdirSync(ARTIFACTS, { recursive: true });
+    await page.waitForTimeout(400); // let the progress bar's width transition finish
     await page.screenshot({ path: new URL('demo.png', ARTIFACTS).pathname, fullPage: true });
     assert.deepEqual(errors, []);
     await page.close();

@@ -2,7 +2,7 @@
 // watchdog, status codes, cancel, metrics.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SseClient, backoffDelay, parseEventId, parseRetryAfter } from '../dist/sse-client.js';
+import { SseClient, backoffDelay, parseEventId, parseRetryAfter, proxyUrl } from '../dist/sse-client.js';
 import { frame, listen, resumableServer, sleep, sseHead, tokenEvents } from './helpers/servers.mjs';
 
 const TOKENS = Array.from({ length: 40 }, (_, i) => `t${i} `);
@@ -303,7 +303,7 @@ test('close() while waiting to reconnect ends at once', async (t) => {
   assert.deepEqual([result.state, result.reason], ['closed', 'closed']);
 });
 
-test('helpers: backoff with full jitter, event ids, Retry-After', () => {
+test('helpers: backoff with full jitter, event ids, Retry-After, proxy URLs', () => {
   assert.equal(backoffDelay(0, 100, 1000, () => 0.999), 99);
   assert.equal(backoffDelay(3, 100, 1000, () => 0.5), 400);
   assert.equal(backoffDelay(10, 100, 1000, () => 0.999), 999);
@@ -315,4 +315,6 @@ test('helpers: backoff with full jitter, event ids, Retry-After', () => {
   assert.equal(parseRetryAfter(null), null);
   assert.equal(parseRetryAfter(new Date(10_000).toUTCString(), 4_000), 6000);
   assert.equal(parseRetryAfter('soon'), null);
+  assert.equal(proxyUrl('/api/q?x=1', '/_sse-proxy/client-metrics'), '/_sse-proxy/client-metrics');
+  assert.equal(proxyUrl('http://h:1/api/q?x=1', '/_sse-proxy/streams/a/cancel'), 'http://h:1/_sse-proxy/streams/a/cancel');
 });

@@ -1,0 +1,81 @@
+//! The reference FastAPI backend (`examples/fastapi-backend`) as a real uvicorn process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running backend; killed on drop.
+pub struct Backend {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python that has the backend's requirements: `$SSE_PROXY_PYTHON`, else the example's `.venv`.
+fn python() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("SSE_PROXY_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/fastapi-backend/.venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+/// Starts the backend, or returns `None` (with a note) when its venv is missing outside CI.
+/// In CI (`CI` set) a missing venv is a failure, never a skip.
+pub fn start() -> Option<Backend> {
+    start_with_env(&[])
+}
+
+/// Starts the backend with extra environment variables.
+pub fn start_with_env(env: &[(&str, &str)]) -> Option<Backend> {
+    let Some(py) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the reference backend's venv is missing: run scripts/test.sh (it creates examples/fastapi-backend/.venv)"
+        );
+        eprintln!("SKIPPED: no examples/fastapi-backend/.venv; run scripts/test.sh to set it up");
+        return None;
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/fastapi-backend");
+    let port_file = std::env::temp_dir().join(format!("sse-proxy-backend-{}-{}", std::process::id(), rand_suffix()));
+    let mut cmd = Command::new(py);
+    cmd.arg(dir.join("run.py"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start the reference backend");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&port_file) {
+            if let Ok(port) = s.trim().parse::<u16>() {
+                let _ = std::fs::remove_file(&port_file);
+                return Some(Backend {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    child,
+                });
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the reference backend did not start within 30s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}

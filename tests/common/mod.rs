@@ -1,0 +1,469 @@
+//! Shared test harness: a scriptable mock upstream, an in-process proxy, and an SSE client.
+#![allow(dead_code)]
+
+pub mod backend;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sse_proxy::config::Config;
+use sse_proxy::sse::Parser;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Longest any single wait in a test may take before it fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------------------------------------
+// Mock upstream
+
+/// One step of a scripted upstream body.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Send these bytes.
+    Bytes(Bytes),
+    /// Wait.
+    Sleep(Duration),
+    /// Break the connection (no final chunk).
+    Abort,
+    /// Never send anything more.
+    Hang,
+}
+
+/// A scripted upstream answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub steps: Vec<Step>,
+}
+
+impl Reply {
+    /// A `text/event-stream` answer.
+    pub fn sse(steps: Vec<Step>) -> Self {
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream; charset=utf-8".into())],
+            steps,
+        }
+    }
+
+    /// Any other answer with a fixed body.
+    pub fn plain(status: u16, content_type: &str, body: &str) -> Self {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            steps: vec![Step::Bytes(Bytes::from(body.to_string()))],
+        }
+    }
+}
+
+/// One SSE event as an upstream would send it (CRLF line ends, like sse-starlette).
+pub fn ev(event: Option<&str>, data: &str) -> Step {
+    let mut s = String::new();
+    if let Some(e) = event {
+        s.push_str(&format!("event: {e}\r\n"));
+    }
+    for line in data.split('\n') {
+        s.push_str(&format!("data: {line}\r\n"));
+    }
+    s.push_str("\r\n");
+    Step::Bytes(Bytes::from(s))
+}
+
+/// A token event `data: {"content": tok}`.
+pub fn tok(t: &str) -> Step {
+    ev(None, &serde_json::json!({ "content": t }).to_string())
+}
+
+/// thinking, the tokens with `gap` between them, done.
+pub fn answer(tokens: &[String], gap: Duration) -> Vec<Step> {
+    let mut steps = vec![ev(Some("thinking"), r#"{"status": "thinking"}"#)];
+    for t in tokens {
+        if !gap.is_zero() {
+            steps.push(Step::Sleep(gap));
+        }
+        steps.push(tok(t));
+    }
+    steps.push(ev(Some("done"), r#"{"status": "complete"}"#));
+    steps
+}
+
+/// Tokens exercising escaping: spaces, newlines, quotes, backslashes, non-ASCII.
+pub fn tricky_tokens(n: usize) -> Vec<String> {
+    let pool = ["Hello", " world", ",", " \"quoted\"", " back\\slash", "\n", " café", " 日本語", " 🚀", " tab\there", "\r\n", " data: x", ""];
+    (0..n).map(|i| format!("{}{}", pool[i % pool.len()], if i % 7 == 0 { i.to_string() } else { String::new() })).collect()
+}
+
+/// What the mock upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Requests received.
+    pub requests: AtomicUsize,
+    /// Bodies dropped before their script finished (the proxy closed the connection).
+    pub closed_early: AtomicUsize,
+    /// Wakes on every early close.
+    pub closed: Notify,
+    /// Request lines and headers received.
+    pub log: Mutex<Vec<http::request::Parts>>,
+    /// Request bodies received.
+    pub bodies: Mutex<Vec<Bytes>>,
+}
+
+/// A running mock upstream.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    stop: CancellationToken,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Script {
+    steps: std::vec::IntoIter<Step>,
+    seen: Arc<Seen>,
+    finished: bool,
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.seen.closed_early.fetch_add(1, Ordering::SeqCst);
+            self.seen.closed.notify_waiters();
+        }
+    }
+}
+
+impl MockUpstream {
+    /// Starts a mock whose answer is computed per request by `f`.
+    pub async fn start<F>(f: F) -> MockUpstream
+    where
+        F: Fn(&http::request::Parts, &Bytes) -> Reply + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Seen::default());
+        let stop = CancellationToken::new();
+        let f = Arc::new(f);
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+                };
+                let (f, seen) = (f.clone(), seen2.clone());
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (f, seen) = (f.clone(), seen.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        seen.requests.fetch_add(1, Ordering::SeqCst);
+                        let reply = f(&parts, &body);
+                        seen.log.lock().unwrap().push(parts);
+                        seen.bodies.lock().unwrap().push(body);
+                        Ok::<_, Infallible>(respond(reply, seen))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        MockUpstream { addr, seen, stop }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    /// Bodies closed early so far.
+    pub fn closed_early(&self) -> usize {
+        self.seen.closed_early.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` bodies were closed early.
+    pub async fn wait_closed(&self, n: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.seen.closed.notified();
+            if self.closed_early() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.closed_early() >= n;
+            }
+        }
+    }
+}
+
+fn respond(reply: Reply, seen: Arc<Seen>) -> Response<TestBody> {
+    let script = Script {
+        steps: reply.steps.into_iter(),
+        seen,
+        finished: false,
+    };
+    let stream = futures_util::stream::unfold(script, |mut s| async move {
+        loop {
+            match s.steps.next() {
+                None => {
+                    s.finished = true;
+                    return None;
+                }
+                Some(Step::Bytes(b)) => return Some((Ok::<_, BoxError>(Frame::data(b)), s)),
+                Some(Step::Sleep(d)) => tokio::time::sleep(d).await,
+                Some(Step::Abort) => {
+                    s.finished = true;
+                    return Some((Err("scripted abort".into()), s));
+                }
+                Some(Step::Hang) => std::future::pending::<()>().await,
+            }
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed_unsync());
+    *resp.status_mut() = StatusCode::from_u16(reply.status).expect("status");
+    for (k, v) in reply.headers {
+        resp.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            http::HeaderValue::from_str(&v).expect("value"),
+        );
+    }
+    resp
+}
+
+// ------------------------------------------------------------------------------------------
+// Proxy
+
+/// A proxy running in this process.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub app: Arc<sse_proxy::app::App>,
+    pub shutdown: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The base config used by tests: one stream route `/stream` (and `/s/*`), token at `/content`.
+pub fn base_config(upstream: SocketAddr) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[upstream]
+url = "http://{upstream}"
+connect_timeout = "2s"
+response_timeout = "5s"
+
+[[stream]]
+path = "/stream"
+token_path = "/content"
+model_from = "query:model"
+
+[[stream]]
+path = "/s/*"
+token_path = "/content"
+"#
+    );
+    Config::from_toml_str(&text, "<test>").expect("base config")
+}
+
+/// Starts a proxy in front of `upstream` with `edit` applied to the base config.
+pub async fn proxy(upstream: SocketAddr, edit: impl FnOnce(&mut Config)) -> TestProxy {
+    let mut cfg = base_config(upstream);
+    edit(&mut cfg);
+    proxy_with(cfg).await
+}
+
+/// Starts a proxy with exactly this config.
+pub async fn proxy_with(cfg: Config) -> TestProxy {
+    let shutdown = CancellationToken::new();
+    let bound = sse_proxy::server::bind(cfg, shutdown.clone()).await.expect("bind proxy");
+    let (addr, admin, app) = (bound.main_addr(), bound.admin_addr(), bound.app().clone());
+    let done = tokio::spawn(bound.serve());
+    TestProxy {
+        addr,
+        admin,
+        app,
+        shutdown,
+        done,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Client
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and returns the response (headers only; body still streaming).
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response<Incoming> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::from(body.to_string()))).expect("request");
+    tokio::time::timeout(WAIT, client().request(req))
+        .await
+        .expect("response in time")
+        .expect("response")
+}
+
+/// GET with headers.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+    send("GET", url, headers, "").await
+}
+
+/// Reads a whole body as bytes.
+pub async fn body_bytes(resp: Response<Incoming>) -> Bytes {
+    tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes()
+}
+
+/// A parsed downstream event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ev {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+impl Ev {
+    /// The seq of `id: <stream>:<seq>`.
+    pub fn seq(&self) -> u64 {
+        let id = self.id.as_deref().expect("event has an id");
+        id.rsplit_once(':').expect("id shape").1.parse().expect("seq")
+    }
+
+    /// The data as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {}", self.data))
+    }
+}
+
+/// Reads events from an SSE response as they arrive.
+pub struct Events {
+    body: Incoming,
+    parser: Parser,
+    pub raw: Vec<u8>,
+    ended: bool,
+}
+
+impl Events {
+    /// Wraps a response body.
+    pub fn new(resp: Response<Incoming>) -> Self {
+        Events {
+            body: resp.into_body(),
+            parser: Parser::new(1 << 24),
+            raw: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// The next event, or `None` at the end of the body (or when it breaks).
+    pub async fn next(&mut self) -> Option<Ev> {
+        loop {
+            if let Some(e) = self.parser.next_event() {
+                return Some(Ev {
+                    event: e.event.as_str().to_string(),
+                    data: e.data.as_str().to_string(),
+                    id: e.id.map(|i| i.as_str().to_string()),
+                });
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout(WAIT, self.body.frame()).await.expect("event in time") {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.raw.extend_from_slice(&d);
+                        self.parser.feed(d).expect("parse");
+                    }
+                }
+                _ => self.ended = true,
+            }
+        }
+    }
+
+    /// Every remaining event until the body ends.
+    pub async fn all(&mut self) -> Vec<Ev> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next().await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// Concatenated `content` of the token batches among `events`.
+pub fn text_of(events: &[Ev]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| e.json()["content"].as_str().expect("content").to_string())
+        .collect()
+}
+
+/// Asserts the ids are `<stream>:1..=n` in order, all of one stream.
+pub fn assert_gapless(events: &[Ev], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq(), first + i as u64, "gap at event {i}: {e:?}");
+    }
+    let streams: std::collections::HashSet<_> = events
+        .iter()
+        .map(|e| e.id.as_deref().and_then(|i| i.rsplit_once(':')).map(|p| p.0.to_string()))
+        .collect();
+    assert!(streams.len() <= 1, "events of several streams: {streams:?}");
+}
+
+/// Fetches `/metrics` from the admin listener.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let b = body_bytes(get(&format!("http://{admin}/metrics"), &[]).await).await;
+    String::from_utf8(b.to_vec()).expect("utf8 metrics")
+}
+
+/// The value of a sample line (`name{labels} value`) in Prometheus text, or 0.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
