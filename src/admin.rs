@@ -58,7 +58,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, metrics: PrometheusHand
 
 fn route(app: &App, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
-        return http_util::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "admin routes are GET only");
+        return http_util::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "admin routes are GET only",
+        );
     }
     match req.uri().path() {
         "/metrics" => {
@@ -86,6 +90,10 @@ fn route(app: &App, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Resp
                 }),
             )
         }
-        _ => http_util::error(StatusCode::NOT_FOUND, "not_found", "try /metrics, /healthz, /readyz or /streams"),
+        _ => http_util::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "try /metrics, /healthz, /readyz or /streams",
+        ),
     }
 }

@@ -70,7 +70,11 @@ impl App {
         App {
             upstream: Upstream::new(&cfg.upstream),
             identity: IdentityRule::new(cfg.identity.from.clone()),
-            routes: cfg.streams.iter().map(|r| Arc::new(RouteSettings::new(r))).collect(),
+            routes: cfg
+                .streams
+                .iter()
+                .map(|r| Arc::new(RouteSettings::new(r)))
+                .collect(),
             client_reports: handlers::client_metrics::RateLimit::new(cfg.client_metrics.per_second),
             cfg: Arc::new(cfg),
             registry,

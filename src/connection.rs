@@ -61,7 +61,12 @@ impl Cursor {
         }
         loop {
             self.sub.mark_seen();
-            match self.follower.stream().log.read_after(self.pos, self.settings.max_write_bytes) {
+            match self
+                .follower
+                .stream()
+                .log
+                .read_after(self.pos, self.settings.max_write_bytes)
+            {
                 Read::Data { chunk, last } => {
                     self.pos = last;
                     self.last_write = Instant::now();
@@ -110,7 +115,7 @@ fn evicted_frame() -> Bytes {
 mod tests {
     use super::*;
     use crate::ids::StreamId;
-    use crate::log::{LogBudget, MemoryLog, StreamLog};
+    use crate::log::{LogBudget, MemoryLog};
     use crate::stream::Stream;
     use std::sync::Arc;
 
@@ -123,7 +128,10 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             max_write_bytes: 1 << 16,
         };
-        (s.clone(), Cursor::new(f, 0, Bytes::from_static(b"retry: 1000\n\n"), settings))
+        (
+            s.clone(),
+            Cursor::new(f, 0, Bytes::from_static(b"retry: 1000\n\n"), settings),
+        )
     }
 
     fn s(b: Option<Bytes>) -> String {

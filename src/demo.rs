@@ -70,7 +70,9 @@ async fn backend(req: Request<Incoming>) -> Response<ProxyBody> {
             let q = crate::query::param(&uri, "question").unwrap_or_default();
             let tokens = answer_tokens(&q);
             let s = futures_util::stream::unfold((0usize, tokens, 0u64), |(i, tokens, mut rng)| async move {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let frame = if i == 0 {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     sse(Some("thinking"), r#"{"status":"thinking"}"#)
@@ -83,11 +85,16 @@ async fn backend(req: Request<Incoming>) -> Response<ProxyBody> {
                 } else {
                     return None;
                 };
-                Some((Ok::<_, crate::http_util::BoxError>(Frame::data(frame)), (i + 1, tokens, rng)))
+                Some((
+                    Ok::<_, crate::http_util::BoxError>(Frame::data(frame)),
+                    (i + 1, tokens, rng),
+                ))
             });
             let mut resp = Response::new(StreamBody::new(s).boxed_unsync());
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             resp
         }
         "/api/question/text" => {
@@ -104,7 +111,11 @@ async fn backend(req: Request<Incoming>) -> Response<ProxyBody> {
                 .insert(header::LOCATION, HeaderValue::from_static("/_sse-proxy/demo"));
             resp
         }
-        _ => http_util::error(StatusCode::NOT_FOUND, "not_found", "the demo backend serves /api/question/stream"),
+        _ => http_util::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the demo backend serves /api/question/stream",
+        ),
     }
 }
 
@@ -120,7 +131,10 @@ pub async fn start_backend(stop: CancellationToken) -> std::io::Result<SocketAdd
                 r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
             };
             let conn = builder
-                .serve_connection(TokioIo::new(tcp), service_fn(|r| async { Ok::<_, Infallible>(backend(r).await) }))
+                .serve_connection(
+                    TokioIo::new(tcp),
+                    service_fn(|r| async { Ok::<_, Infallible>(backend(r).await) }),
+                )
                 .into_owned();
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -131,7 +145,11 @@ pub async fn start_backend(stop: CancellationToken) -> std::io::Result<SocketAdd
 }
 
 /// The demo's configuration in front of a backend at `upstream`.
-pub fn config(upstream: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Result<Config, crate::config::ConfigError> {
+pub fn config(
+    upstream: SocketAddr,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<Config, crate::config::ConfigError> {
     let text = format!(
         r#"
 [server]

@@ -96,7 +96,9 @@ mod tests {
             let id = StreamId::random();
             let s = id.to_string();
             assert_eq!(s.len(), STREAM_ID_LEN);
-            assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             assert_eq!(StreamId::parse(&s), Some(id));
         }
         assert_ne!(StreamId::random(), StreamId::random());
@@ -122,6 +124,9 @@ mod tests {
             assert!(EventId::parse(bad.as_bytes()).is_err(), "{bad}");
         }
         assert_eq!(EventId::parse(&[b'a'; 1000]), Err(EventIdError::TooLong));
-        assert_eq!(EventId::parse(&[0xff, 0xfe, b':', b'1']), Err(EventIdError::Shape));
+        assert_eq!(
+            EventId::parse(&[0xff, 0xfe, b':', b'1']),
+            Err(EventIdError::Shape)
+        );
     }
 }

@@ -49,7 +49,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => match load(&cli) {
             Ok(cfg) => {
-                println!("{}: ok ({} stream route(s))", cli.config.display(), cfg.streams.len());
+                println!(
+                    "{}: ok ({} stream route(s))",
+                    cli.config.display(),
+                    cfg.streams.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -119,7 +123,10 @@ async fn serve(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitC
         }
     };
     let (main, admin) = (bound.main_addr(), bound.admin_addr());
-    println!("{}", serde_json::json!({ "listening": main.to_string(), "admin": admin.to_string() }));
+    println!(
+        "{}",
+        serde_json::json!({ "listening": main.to_string(), "admin": admin.to_string() })
+    );
     if let Some(b) = banner {
         b(main, admin);
     }
@@ -169,8 +176,12 @@ fn run_demo(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listen = cli.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let admin = cli.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+    let listen = cli
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin = cli
+        .admin_listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
     rt.block_on(async move {
         let backend = match demo::start_backend(CancellationToken::new()).await {
             Ok(a) => a,

@@ -55,7 +55,9 @@ pub const CLIENT_RECONNECT_SUCCESSES: &str = "sse_proxy_client_reconnect_success
 /// Client reports, by `outcome`.
 pub const CLIENT_REPORTS: &str = "sse_proxy_client_reports_total";
 
-const LATENCY: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 const DURATION: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 const BATCH: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0];
 const RATE: &[f64] = &[1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0];
@@ -89,14 +91,23 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections on the main listener.");
+    describe_gauge!(
+        CONNECTIONS_ACTIVE,
+        "Open client connections on the main listener."
+    );
     describe_gauge!(STREAMS_ACTIVE, "Upstream streams running now.");
-    describe_gauge!(STREAMS_DETACHED, "Running streams with no client attached (within detach_grace).");
+    describe_gauge!(
+        STREAMS_DETACHED,
+        "Running streams with no client attached (within detach_grace)."
+    );
     describe_gauge!(LOG_BYTES, Unit::Bytes, "Bytes held by all stream logs.");
     describe_counter!(STREAMS_STARTED, "Streams started.");
     describe_counter!(STREAMS_FINISHED, "Streams finished, by outcome.");
     describe_counter!(UPSTREAM_EVENTS, "SSE events read from upstreams.");
-    describe_counter!(DOWNSTREAM_EVENTS, "SSE events appended to stream logs (downstream / upstream is the batching saving).");
+    describe_counter!(
+        DOWNSTREAM_EVENTS,
+        "SSE events appended to stream logs (downstream / upstream is the batching saving)."
+    );
     describe_counter!(TOKENS, "Tokens streamed.");
     describe_counter!(HEARTBEATS, "Heartbeat comments written to clients.");
     describe_counter!(ERRORS, "Errors, by code.");
@@ -108,11 +119,25 @@ fn describe() {
     describe_histogram!(TTFT, Unit::Seconds, "Request arrival to first token sent.");
     describe_histogram!(STREAM_DURATION, Unit::Seconds, "Stream start to end.");
     describe_histogram!(STREAM_TPS, "Tokens per second of finished streams.");
-    describe_histogram!(PROGRESS_ERROR, "|estimated_total - final| / final at 25% of each completed stream.");
-    describe_histogram!(CLIENT_TTFT, Unit::Seconds, "Time to first token as measured by browsers.");
-    describe_histogram!(CLIENT_TOTAL, Unit::Seconds, "Stream duration as measured by browsers.");
+    describe_histogram!(
+        PROGRESS_ERROR,
+        "|estimated_total - final| / final at 25% of each completed stream."
+    );
+    describe_histogram!(
+        CLIENT_TTFT,
+        Unit::Seconds,
+        "Time to first token as measured by browsers."
+    );
+    describe_histogram!(
+        CLIENT_TOTAL,
+        Unit::Seconds,
+        "Stream duration as measured by browsers."
+    );
     describe_counter!(CLIENT_RECONNECTS, "Reconnects reported by browsers.");
-    describe_counter!(CLIENT_RECONNECT_SUCCESSES, "Successful reconnects reported by browsers.");
+    describe_counter!(
+        CLIENT_RECONNECT_SUCCESSES,
+        "Successful reconnects reported by browsers."
+    );
     describe_counter!(CLIENT_REPORTS, "Client metric reports accepted, by outcome.");
 }
 

@@ -88,10 +88,16 @@ mod tests {
 
     #[test]
     fn strips_param_keeping_the_rest_exact() {
-        assert_eq!(without_param(&uri("/s?a=1&last_event_id=x%3A1&b=%20"), "last_event_id"), "/s?a=1&b=%20");
+        assert_eq!(
+            without_param(&uri("/s?a=1&last_event_id=x%3A1&b=%20"), "last_event_id"),
+            "/s?a=1&b=%20"
+        );
         assert_eq!(without_param(&uri("/s?last_event_id=x"), "last_event_id"), "/s");
         assert_eq!(without_param(&uri("/s?a=1&&b"), "last_event_id"), "/s?a=1&&b");
         assert_eq!(without_param(&uri("/s"), "last_event_id"), "/s");
-        assert_eq!(without_param(&uri("/s?last%5Fevent%5Fid=1&q=2"), "last_event_id"), "/s?q=2");
+        assert_eq!(
+            without_param(&uri("/s?last%5Fevent%5Fid=1&q=2"), "last_event_id"),
+            "/s?q=2"
+        );
     }
 }

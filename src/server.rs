@@ -89,12 +89,16 @@ fn load_learner(cfg: &Config) -> Arc<Learner> {
 impl Bound {
     /// The main listener's address.
     pub fn main_addr(&self) -> SocketAddr {
-        self.main.local_addr().unwrap_or_else(|_| self.app.cfg.server.listen)
+        self.main
+            .local_addr()
+            .unwrap_or_else(|_| self.app.cfg.server.listen)
     }
 
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().unwrap_or_else(|_| self.app.cfg.server.admin_listen)
+        self.admin
+            .local_addr()
+            .unwrap_or_else(|_| self.app.cfg.server.admin_listen)
     }
 
     /// The shared state (tests inspect the registry).
@@ -106,9 +110,15 @@ impl Bound {
     pub async fn serve(self) {
         let app = self.app;
         let stop_admin = CancellationToken::new();
-        let sweep_every = (app.cfg.resume.retention.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let sweep_every =
+            (app.cfg.resume.retention.0 / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
-        tokio::spawn(admin::serve(self.admin, app.clone(), self.metrics, stop_admin.clone()));
+        tokio::spawn(admin::serve(
+            self.admin,
+            app.clone(),
+            self.metrics,
+            stop_admin.clone(),
+        ));
         if let Some(learner) = app.learner.clone() {
             if app.cfg.progress.state_file.is_some() {
                 tokio::spawn(save_periodically(learner, stop_admin.clone()));

@@ -181,7 +181,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("host", HeaderValue::from_static("app.example"));
-        forward_headers(&mut h, Some(HeaderValue::from_static("app.example")), "127.0.0.9:5000".parse().expect("addr"));
+        forward_headers(
+            &mut h,
+            Some(HeaderValue::from_static("app.example")),
+            "127.0.0.9:5000".parse().expect("addr"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example");
@@ -191,8 +195,12 @@ mod tests {
     #[test]
     fn uri_joins_base_path() {
         let cfg: crate::config::Config =
-            crate::config::Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:9/base/\"\n", "x").expect("cfg");
+            crate::config::Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:9/base/\"\n", "x")
+                .expect("cfg");
         let u = Upstream::new(&cfg.upstream);
-        assert_eq!(u.uri_for("/a?b=1").expect("uri").to_string(), "http://127.0.0.1:9/base/a?b=1");
+        assert_eq!(
+            u.uri_for("/a?b=1").expect("uri").to_string(),
+            "http://127.0.0.1:9/base/a?b=1"
+        );
     }
 }

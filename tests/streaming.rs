@@ -26,28 +26,46 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
     assert_eq!(sid.len(), 22);
     let mut evs = Events::new(resp);
     let events = evs.all().await;
-    assert!(evs.raw.starts_with(b"retry: 1000\n\n"), "{:?}", String::from_utf8_lossy(&evs.raw[..40]));
+    assert!(
+        evs.raw.starts_with(b"retry: 1000\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&evs.raw[..40])
+    );
     assert_gapless(&events, 1);
-    assert!(events.iter().all(|e| e.id.as_deref().is_some_and(|i| i.starts_with(&sid))));
+    assert!(events
+        .iter()
+        .all(|e| e.id.as_deref().is_some_and(|i| i.starts_with(&sid))));
     assert_eq!(text_of(&events), tokens.concat());
     assert_eq!(events[0].event, "thinking");
     assert_eq!(events[0].data, r#"{"status": "thinking"}"#);
     let last = events.last().expect("events");
-    assert_eq!((last.event.as_str(), last.data.as_str()), ("done", r#"{"status": "complete"}"#));
+    assert_eq!(
+        (last.event.as_str(), last.data.as_str()),
+        ("done", r#"{"status": "complete"}"#)
+    );
     let batches: Vec<u64> = events
         .iter()
         .filter(|e| e.event == "message")
         .map(|e| e.json()["batch_size"].as_u64().expect("batch_size"))
         .collect();
     assert_eq!(batches.iter().sum::<u64>(), 120);
-    assert!(batches.len() < 120, "tokens were batched: {} batches", batches.len());
+    assert!(
+        batches.len() < 120,
+        "tokens were batched: {} batches",
+        batches.len()
+    );
     assert_eq!(up.requests(), 1);
 }
 
 #[tokio::test]
 async fn first_token_is_not_delayed() {
     // Token 2 comes 3 s after token 1: token 1 must arrive on its own, long before that.
-    let steps = vec![tok("first"), Step::Sleep(Duration::from_secs(3)), tok("second"), ev(Some("done"), "{}")];
+    let steps = vec![
+        tok("first"),
+        Step::Sleep(Duration::from_secs(3)),
+        tok("second"),
+        ev(Some("done"), "{}"),
+    ];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
     let p = proxy(up.addr, |c| c.batching.max_delay.0 = Duration::from_secs(2)).await;
     let t0 = tokio::time::Instant::now();
@@ -55,7 +73,11 @@ async fn first_token_is_not_delayed() {
     let first = evs.next().await.expect("first event");
     assert_eq!(first.json()["content"], "first");
     assert_eq!(first.json()["batch_size"], 1);
-    assert!(t0.elapsed() < Duration::from_secs(2), "first token took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "first token took {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -75,7 +97,9 @@ async fn non_token_events_flush_the_batch_and_keep_order() {
         c.progress.enabled = false;
     })
     .await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     let shape: Vec<(String, String)> = events.iter().map(|e| (e.event.clone(), e.data.clone())).collect();
     assert_eq!(
         shape,
@@ -107,7 +131,9 @@ async fn upstream_without_terminal_gets_done_with_total() {
     let steps = vec![tok("x"), tok("y"), tok("z")];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
     let p = proxy(up.addr, |c| c.progress.enabled = false).await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     let last = events.last().expect("events");
     assert_eq!(last.event, "done");
     assert_eq!(last.json()["total_tokens"], 3);
@@ -119,7 +145,9 @@ async fn upstream_crash_mid_stream_gives_error_event() {
     let steps = vec![tok("partial"), Step::Sleep(ms(50)), Step::Abort];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
     let p = proxy(up.addr, |_| {}).await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     assert_eq!(text_of(&events), "partial");
     let last = events.last().expect("events");
     assert_eq!(last.event, "error");
@@ -134,7 +162,9 @@ async fn oversized_event_ends_with_upstream_malformed() {
     let steps = vec![tok("ok"), Step::Bytes(Bytes::from(big)), tok("never")];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
     let p = proxy(up.addr, |c| c.upstream.max_event_bytes.0 = 4096).await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     let last = events.last().expect("events");
     assert_eq!(last.json()["code"], "upstream_malformed");
     assert_eq!(last.json()["recoverable"], false);
@@ -151,7 +181,9 @@ async fn invalid_utf8_is_replaced_not_fatal() {
     ];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
     let p = proxy(up.addr, |_| {}).await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     assert_eq!(text_of(&events), "a\u{fffd}\u{fffd}b日");
     assert_eq!(events.last().expect("done").event, "done");
 }
@@ -161,10 +193,15 @@ async fn silent_upstream_times_out() {
     let steps = vec![tok("a"), Step::Hang];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
     let p = proxy(up.addr, |c| c.upstream.idle_timeout.0 = ms(300)).await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     let last = events.last().expect("events");
     assert_eq!(last.json()["code"], "upstream_timeout");
-    assert!(up.wait_closed(1, WAIT).await, "the silent upstream connection was closed");
+    assert!(
+        up.wait_closed(1, WAIT).await,
+        "the silent upstream connection was closed"
+    );
 }
 
 #[tokio::test]
@@ -224,7 +261,9 @@ async fn metrics_count_batching_saving() {
     let up = MockUpstream::start(move |_, _| Reply::sse(answer(&t2, ms(1)))).await;
     let p = proxy(up.addr, |_| {}).await;
     let before = metrics_text(p.admin).await;
-    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await).all().await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
     assert_eq!(text_of(&events), tokens.concat());
     let after = metrics_text(p.admin).await;
     let delta = |name: &str| metric(&after, name) - metric(&before, name);

@@ -490,9 +490,7 @@ impl Config {
             }
         })?;
         cfg.validate().map_err(|(needle, message)| {
-            let (line, col) = needle
-                .and_then(|n| locate(text, &n))
-                .unwrap_or((1, 1));
+            let (line, col) = needle.and_then(|n| locate(text, &n)).unwrap_or((1, 1));
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
@@ -504,23 +502,52 @@ impl Config {
 
     /// The route a request path is on, if any.
     pub fn stream_route(&self, path: &str) -> Option<(usize, &StreamRoute)> {
-        self.streams.iter().enumerate().find(|(_, r)| r.path.matches(path))
+        self.streams
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.path.matches(path))
     }
 
     /// Cross-field checks; the error names a key to locate and what is allowed.
     fn validate(self) -> Result<Config, (Option<String>, String)> {
         let key = |k: &str| Some(k.to_string());
-        let positive = |v: bool, k: &str, what: &str| if v { Ok(()) } else { Err((key(k), what.to_string())) };
+        let positive = |v: bool, k: &str, what: &str| {
+            if v {
+                Ok(())
+            } else {
+                Err((key(k), what.to_string()))
+            }
+        };
         positive(
             !self.batching.max_delay.0.is_zero() || self.batching.max_tokens == 1,
             "max_delay",
             "batching.max_delay must be above 0 (or set max_tokens = 1 to disable batching)",
         )?;
-        positive(self.batching.max_tokens >= 1, "max_tokens", "batching.max_tokens must be at least 1")?;
-        positive(self.batching.max_bytes.0 >= 1, "max_bytes", "batching.max_bytes must be at least 1 byte")?;
-        positive(self.heartbeat.interval.0 >= Duration::from_millis(10), "interval", "heartbeat.interval must be at least 10ms")?;
-        positive(!self.upstream.idle_timeout.0.is_zero(), "idle_timeout", "upstream.idle_timeout must be above 0")?;
-        positive(!self.upstream.connect_timeout.0.is_zero(), "connect_timeout", "upstream.connect_timeout must be above 0")?;
+        positive(
+            self.batching.max_tokens >= 1,
+            "max_tokens",
+            "batching.max_tokens must be at least 1",
+        )?;
+        positive(
+            self.batching.max_bytes.0 >= 1,
+            "max_bytes",
+            "batching.max_bytes must be at least 1 byte",
+        )?;
+        positive(
+            self.heartbeat.interval.0 >= Duration::from_millis(10),
+            "interval",
+            "heartbeat.interval must be at least 10ms",
+        )?;
+        positive(
+            !self.upstream.idle_timeout.0.is_zero(),
+            "idle_timeout",
+            "upstream.idle_timeout must be above 0",
+        )?;
+        positive(
+            !self.upstream.connect_timeout.0.is_zero(),
+            "connect_timeout",
+            "upstream.connect_timeout must be above 0",
+        )?;
         positive(
             self.upstream.max_event_bytes.0 >= 64,
             "max_event_bytes",
@@ -536,17 +563,41 @@ impl Config {
             "max_total_bytes",
             "resume.max_total_bytes must be at least resume.max_stream_bytes",
         )?;
-        positive(self.limits.max_streams >= 1, "max_streams", "limits.max_streams must be at least 1")?;
+        positive(
+            self.limits.max_streams >= 1,
+            "max_streams",
+            "limits.max_streams must be at least 1",
+        )?;
         positive(
             self.limits.max_streams_per_identity >= 1,
             "max_streams_per_identity",
             "limits.max_streams_per_identity must be at least 1",
         )?;
-        positive(self.limits.max_followers >= 1, "max_followers", "limits.max_followers must be at least 1")?;
-        positive(self.limits.max_write_bytes.0 >= 1024, "max_write_bytes", "limits.max_write_bytes must be at least 1KiB")?;
-        positive(self.server.max_connections >= 1, "max_connections", "server.max_connections must be at least 1")?;
-        positive(self.progress.every_tokens >= 1, "every_tokens", "progress.every_tokens must be at least 1")?;
-        positive(self.progress.max_history >= 1, "max_history", "progress.max_history must be at least 1")?;
+        positive(
+            self.limits.max_followers >= 1,
+            "max_followers",
+            "limits.max_followers must be at least 1",
+        )?;
+        positive(
+            self.limits.max_write_bytes.0 >= 1024,
+            "max_write_bytes",
+            "limits.max_write_bytes must be at least 1KiB",
+        )?;
+        positive(
+            self.server.max_connections >= 1,
+            "max_connections",
+            "server.max_connections must be at least 1",
+        )?;
+        positive(
+            self.progress.every_tokens >= 1,
+            "every_tokens",
+            "progress.every_tokens must be at least 1",
+        )?;
+        positive(
+            self.progress.max_history >= 1,
+            "max_history",
+            "progress.max_history must be at least 1",
+        )?;
         let p = &self.server.route_prefix;
         positive(
             p.starts_with('/') && p.len() > 1 && !p.ends_with('/') && !p.contains(['?', '#', '*']),
@@ -555,26 +606,42 @@ impl Config {
         )?;
         for m in &self.progress.models {
             if m.expected_tokens == 0 {
-                return Err((Some(m.name.clone()), format!("progress.model {:?}: expected_tokens must be at least 1", m.name)));
+                return Err((
+                    Some(m.name.clone()),
+                    format!("progress.model {:?}: expected_tokens must be at least 1", m.name),
+                ));
             }
             if let Some(r) = m.tokens_per_second {
                 if !(r.is_finite() && r > 0.0) {
-                    return Err((Some(m.name.clone()), format!("progress.model {:?}: tokens_per_second must be above 0", m.name)));
+                    return Err((
+                        Some(m.name.clone()),
+                        format!("progress.model {:?}: tokens_per_second must be above 0", m.name),
+                    ));
                 }
             }
         }
         for (i, r) in self.streams.iter().enumerate() {
             let label = r.path.as_label();
             if self.streams[..i].iter().any(|o| o.path == r.path) {
-                return Err((Some(label.clone()), format!("duplicate [[stream]] path {label:?}")));
+                return Err((
+                    Some(label.clone()),
+                    format!("duplicate [[stream]] path {label:?}"),
+                ));
             }
             if r.terminal_events.iter().any(|t| t == &r.token_event) {
-                return Err((Some(label.clone()), format!(
-                    "[[stream]] {label:?}: token_event {:?} cannot also be a terminal event", r.token_event
-                )));
+                return Err((
+                    Some(label.clone()),
+                    format!(
+                        "[[stream]] {label:?}: token_event {:?} cannot also be a terminal event",
+                        r.token_event
+                    ),
+                ));
             }
             if label.starts_with(&format!("{p}/")) || label == *p {
-                return Err((Some(label.clone()), format!("[[stream]] {label:?} is inside server.route_prefix {p:?}")));
+                return Err((
+                    Some(label.clone()),
+                    format!("[[stream]] {label:?} is inside server.route_prefix {p:?}"),
+                ));
             }
         }
         Ok(self)
@@ -585,22 +652,29 @@ impl Config {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
 /// Finds where a key or value is written, for validation errors that serde cannot place.
 fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
     let quoted = format!("\"{needle}\"");
-    let at = text
-        .find(&quoted)
-        .or_else(|| text.lines().scan(0usize, |pos, l| {
-            let start = *pos;
-            *pos += l.len() + 1;
-            Some((start, l))
-        })
-        .find(|(_, l)| l.trim_start().starts_with(needle) && l.trim_start()[needle.len()..].trim_start().starts_with('='))
-        .map(|(start, l)| start + (l.len() - l.trim_start().len())))?;
+    let at = text.find(&quoted).or_else(|| {
+        text.lines()
+            .scan(0usize, |pos, l| {
+                let start = *pos;
+                *pos += l.len() + 1;
+                Some((start, l))
+            })
+            .find(|(_, l)| {
+                l.trim_start().starts_with(needle)
+                    && l.trim_start()[needle.len()..].trim_start().starts_with('=')
+            })
+            .map(|(start, l)| start + (l.len() - l.trim_start().len()))
+    })?;
     Some(line_col(text, at))
 }
 

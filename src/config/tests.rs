@@ -7,7 +7,12 @@ url = "http://127.0.0.1:8000"
 
 fn err(text: &str) -> (usize, usize, String) {
     match Config::from_toml_str(text, "proxy.toml") {
-        Err(ConfigError::Invalid { line, col, message, file }) => {
+        Err(ConfigError::Invalid {
+            line,
+            col,
+            message,
+            file,
+        }) => {
             assert_eq!(file, "proxy.toml");
             (line, col, message)
         }
@@ -65,10 +70,14 @@ fn bad_stream_route() {
     assert!(msg.contains("start with '/'"), "{msg}");
     let (_, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a/*/b\"\n"));
     assert!(msg.contains("last segment"), "{msg}");
-    let (line, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a\"\nmodel_from = \"env:X\"\n"));
+    let (line, _, msg) = err(&format!(
+        "{base}[[stream]]\npath = \"/a\"\nmodel_from = \"env:X\"\n"
+    ));
     assert_eq!(line, 5);
     assert!(msg.contains("query:NAME"), "{msg}");
-    let (line, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a\"\n[[stream]]\npath = \"/a\"\n"));
+    let (line, _, msg) = err(&format!(
+        "{base}[[stream]]\npath = \"/a\"\n[[stream]]\npath = \"/a\"\n"
+    ));
     assert!(msg.contains("duplicate"), "{msg}");
     assert_eq!(line, 4);
 }

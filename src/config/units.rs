@@ -13,7 +13,8 @@ pub struct Dur(pub Duration);
 pub struct Size(pub u64);
 
 const DURATION_HELP: &str = "a duration such as \"250ms\", \"15s\", \"5m\" or \"1h\"";
-const SIZE_HELP: &str = "a size such as \"512B\", \"8KiB\", \"1MiB\" or \"1GiB\" (or a plain number of bytes)";
+const SIZE_HELP: &str =
+    "a size such as \"512B\", \"8KiB\", \"1MiB\" or \"1GiB\" (or a plain number of bytes)";
 
 /// Splits `"15s"` into `(15, "s")`.
 fn split_number(s: &str) -> Option<(u64, &str)> {

@@ -110,7 +110,11 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     if !is_json {
         return bad("Content-Type must be application/json");
     }
@@ -136,7 +140,8 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
         metrics::histogram!(m::CLIENT_TOTAL).record(ms / 1000.0);
     }
     metrics::counter!(m::CLIENT_RECONNECTS).increment(u64::from(report.reconnects.unwrap_or(0)));
-    metrics::counter!(m::CLIENT_RECONNECT_SUCCESSES).increment(u64::from(report.reconnect_successes.unwrap_or(0)));
+    metrics::counter!(m::CLIENT_RECONNECT_SUCCESSES)
+        .increment(u64::from(report.reconnect_successes.unwrap_or(0)));
     metrics::counter!(m::CLIENT_REPORTS, "outcome" => report.outcome.as_str()).increment(1);
     http_util::status(StatusCode::NO_CONTENT)
 }
@@ -153,7 +158,10 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_rejects_the_rest() {
-        assert!(parse(r#"{"ttft_ms":120.5,"total_ms":4000,"reconnects":2,"reconnect_successes":2,"outcome":"done"}"#).is_ok());
+        assert!(parse(
+            r#"{"ttft_ms":120.5,"total_ms":4000,"reconnects":2,"reconnect_successes":2,"outcome":"done"}"#
+        )
+        .is_ok());
         assert!(parse(r#"{"outcome":"cancelled"}"#).is_ok());
         for bad in [
             r#"{}"#,

@@ -21,6 +21,8 @@ pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
             crate::metrics::error("upstream_timeout");
             http_util::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &e.to_string())
         }
-        UpstreamError::BadRequest(_) => http_util::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        UpstreamError::BadRequest(_) => {
+            http_util::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
+        }
     }
 }

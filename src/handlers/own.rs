@@ -32,8 +32,10 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Response<P
 
 fn asset(body: &'static str, content_type: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(http_util::full(body));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
@@ -48,7 +50,10 @@ fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
     let Some(stream) = StreamId::parse(id).and_then(|id| app.registry.get(&id)) else {
         return not_found();
     };
-    if !app.identity.permits(stream.owner, app.identity.owner(req.headers())) {
+    if !app
+        .identity
+        .permits(stream.owner, app.identity.owner(req.headers()))
+    {
         return not_found();
     }
     if let State::Finished(outcome, _) = stream.state() {
@@ -62,7 +67,11 @@ fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
         );
     }
     if !stream.cancel() {
-        return http_util::error(StatusCode::CONFLICT, "stream_finished", "the stream has already finished");
+        return http_util::error(
+            StatusCode::CONFLICT,
+            "stream_finished",
+            "the stream has already finished",
+        );
     }
     tracing::info!(stream_id = %stream.id, "stream cancelled by its owner");
     http_util::json(

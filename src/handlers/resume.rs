@@ -50,10 +50,15 @@ pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
     let Some(follower) = stream.attach(app.cfg.limits.max_followers) else {
-        return Resume::Respond(too_many(app, "max_followers", "too many connections follow this stream"));
+        return Resume::Respond(too_many(
+            app,
+            "max_followers",
+            "too many connections follow this stream",
+        ));
     };
     metrics::counter!(m::RESUMES, "result" => "replayed").increment(1);
-    let span = tracing::info_span!("stream", stream_id = %stream.id, route = %stream.route, model = %stream.model);
+    let span =
+        tracing::info_span!("stream", stream_id = %stream.id, route = %stream.route, model = %stream.model);
     span.in_scope(|| tracing::info!(after = id.seq, "stream resumed"));
     Resume::Respond(event_stream_response(app, follower, id.seq, span))
 }

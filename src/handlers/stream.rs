@@ -6,8 +6,8 @@ use crate::app::App;
 use crate::config::{ModelSource, OnMiss};
 use crate::connection::{Cursor, CursorSettings};
 use crate::http_util::{self, ProxyBody};
-use crate::ids::StreamId;
 use crate::identity::Owner;
+use crate::ids::StreamId;
 use crate::log::MemoryLog;
 use crate::metrics as m;
 use crate::query;
@@ -114,11 +114,23 @@ async fn start(
     let stream = Arc::new(Stream::new(id, route.label.clone(), model, owner, log));
     app.registry.insert(stream.clone());
     let Some(follower) = stream.attach(app.cfg.limits.max_followers) else {
-        return http_util::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot attach to a new stream");
+        return http_util::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot attach to a new stream",
+        );
     };
     let span = tracing::info_span!("stream", stream_id = %id, route = %route.label, model = %stream.model);
     span.in_scope(|| tracing::info!("stream started"));
-    let reader = Reader::new(stream, body, route, app.reader.clone(), app.registry.clone(), slot, arrived);
+    let reader = Reader::new(
+        stream,
+        body,
+        route,
+        app.reader.clone(),
+        app.registry.clone(),
+        slot,
+        arrived,
+    );
     tokio::spawn(reader.run(app.shutdown.clone()).instrument(span.clone()));
     let mut out = event_stream_response(app, follower, 0, span);
     copy_backend_headers(&resp_parts.headers, out.headers_mut());
@@ -132,7 +144,11 @@ fn is_event_stream(resp: &Response<Incoming>) -> bool {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+            .is_some_and(|ct| {
+                ct.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            })
 }
 
 /// Keeps the backend's own headers (cookies, CORS) except those the re-framing changes.
@@ -142,7 +158,12 @@ fn copy_backend_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
     for (name, value) in &from {
         let skip = matches!(
             name.as_str(),
-            "content-type" | "content-length" | "content-encoding" | "cache-control" | "x-accel-buffering" | "x-stream-id"
+            "content-type"
+                | "content-length"
+                | "content-encoding"
+                | "cache-control"
+                | "x-accel-buffering"
+                | "x-stream-id"
         );
         if !skip {
             to.append(name.clone(), value.clone());
@@ -151,7 +172,12 @@ fn copy_backend_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
 }
 
 /// A `200 text/event-stream` response following `follower`'s stream after seq `after`.
-pub fn event_stream_response(app: &App, follower: Follower, after: u64, span: tracing::Span) -> Response<ProxyBody> {
+pub fn event_stream_response(
+    app: &App,
+    follower: Follower,
+    after: u64,
+    span: tracing::Span,
+) -> Response<ProxyBody> {
     let id = follower.stream().id.to_string();
     let mut preamble = BytesMut::new();
     crate::sse::encode_retry(&mut preamble, app.cfg.resume.client_retry.0.as_millis() as u64);
@@ -164,7 +190,10 @@ pub fn event_stream_response(app: &App, follower: Follower, after: u64, span: tr
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -178,7 +207,8 @@ pub fn too_many(app: &App, reason: &'static str, message: &str) -> Response<Prox
     metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
     let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, reason, message);
     let secs = app.cfg.limits.retry_after.0.as_secs().max(1);
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     resp
 }
 
@@ -187,7 +217,11 @@ fn model_name(source: Option<&ModelSource>, parts: &http::request::Parts, body: 
     let raw: Option<String> = match source {
         None => None,
         Some(ModelSource::Fixed(n)) => Some(n.clone()),
-        Some(ModelSource::Header(h)) => parts.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
+        Some(ModelSource::Header(h)) => parts
+            .headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         Some(ModelSource::Query(q)) => query::param(&parts.uri, q),
         Some(ModelSource::Body(ptr)) => serde_json::from_slice::<serde_json::Value>(body)
             .ok()
@@ -196,7 +230,8 @@ fn model_name(source: Option<&ModelSource>, parts: &http::request::Parts, body: 
     raw.filter(|m| {
         !m.is_empty()
             && m.len() <= MAX_MODEL_LEN
-            && m.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
     })
     .unwrap_or_else(|| "default".to_string())
 }

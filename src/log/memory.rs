@@ -95,7 +95,7 @@ impl MemoryLog {
         buf.put_slice(b"id: ");
         buf.put_slice(self.id.as_bytes());
         // Writing an integer into BytesMut cannot fail.
-        let _ = write!(buf, ":{seq}\n");
+        let _ = writeln!(buf, ":{seq}");
         write::encode_event(&mut buf, None, event, data);
         buf.freeze()
     }
@@ -238,7 +238,10 @@ mod tests {
         let (t, last) = text(log.read_after(0, 1 << 20));
         assert_eq!(last, 2);
         let id = &log.id;
-        assert_eq!(t, format!("id: {id}:1\ndata: a\n\nid: {id}:2\nevent: thinking\ndata: b\ndata: c\n\n"));
+        assert_eq!(
+            t,
+            format!("id: {id}:1\ndata: a\n\nid: {id}:2\nevent: thinking\ndata: b\ndata: c\n\n")
+        );
         assert_eq!(log.read_after(2, 100), Read::Pending);
         log.close();
         assert_eq!(log.read_after(2, 100), Read::End);
@@ -274,7 +277,10 @@ mod tests {
         assert_eq!(budget.held(), log.bytes());
         assert!(log.first_seq() > 1);
         assert_eq!(log.read_after(0, 100), Read::Gone);
-        assert!(matches!(log.read_after(log.first_seq() - 1, 10_000), Read::Data { .. }));
+        assert!(matches!(
+            log.read_after(log.first_seq() - 1, 10_000),
+            Read::Data { .. }
+        ));
         assert_eq!(log.read_after(101, 100), Read::Gone, "forged future seq");
         log.clear();
         assert_eq!(budget.held(), 0);

@@ -211,11 +211,7 @@ impl Learner {
     pub fn new(opts: &Options) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
-            priors: opts
-                .priors
-                .iter()
-                .map(|p| (p.name.clone(), p.clone()))
-                .collect(),
+            priors: opts.priors.iter().map(|p| (p.name.clone(), p.clone())).collect(),
             state_file: opts.state_file.clone(),
             max_history: opts.max_history.max(1),
             max_keys: opts.max_keys.max(1),
@@ -423,12 +419,9 @@ fn read_state(path: &Path) -> Result<Option<StateFile>, StateError> {
 
 /// Write to a temp file in the same directory, fsync, then rename over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "state file path has no file name",
-        )
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "state file path has no file name"))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -742,9 +735,7 @@ mod tests {
         let path = dir.join("state.json");
         type Case = (&'static [u8], fn(&StateError) -> bool);
         let cases: [Case; 7] = [
-            (b"\x00\xffgarbage", |e| {
-                matches!(e, StateError::Corrupt { .. })
-            }),
+            (b"\x00\xffgarbage", |e| matches!(e, StateError::Corrupt { .. })),
             (b"", |e| matches!(e, StateError::Corrupt { .. })),
             (
                 br#"{"version":1,"keys":[{"route":"/r","model":"m","totals":[1,2"#,
@@ -756,9 +747,7 @@ mod tests {
             (br#"{"version":"1","keys":[]}"#, |e| {
                 matches!(e, StateError::Corrupt { .. })
             }),
-            (br#"{"keys":[]}"#, |e| {
-                matches!(e, StateError::Corrupt { .. })
-            }),
+            (br#"{"keys":[]}"#, |e| matches!(e, StateError::Corrupt { .. })),
             (
                 br#"{"version":1,"keys":[{"route":"/r","model":"m","totals":[-5]}]}"#,
                 |e| matches!(e, StateError::Corrupt { .. }),
@@ -768,11 +757,7 @@ mod tests {
             std::fs::write(&path, bytes).expect("write");
             let (l, err) = Learner::load(&opts_with_file(&path));
             let err = err.expect("an error");
-            assert!(
-                expected(&err),
-                "{err:?} for {:?}",
-                String::from_utf8_lossy(bytes)
-            );
+            assert!(expected(&err), "{err:?} for {:?}", String::from_utf8_lossy(bytes));
             assert!(!err.to_string().is_empty());
             assert_eq!(l.samples("/r", "m"), 0);
             assert_eq!(l.estimate("/r", "m", 0).total, GENERIC_EXPECTED_TOKENS);

@@ -274,10 +274,7 @@ mod tests {
                 let p = tr.snapshot(t);
                 assert_eq!(p.tokens, sent, "seed {seed}");
                 assert!(p.estimated_total >= p.tokens, "seed {seed}: {p:?}");
-                assert!(
-                    (0.0..=MAX_RUNNING_PERCENT).contains(&p.percent),
-                    "seed {seed}"
-                );
+                assert!((0.0..=MAX_RUNNING_PERCENT).contains(&p.percent), "seed {seed}");
                 if let Some((pt, pp)) = &prev {
                     assert!(p.tokens >= pp.tokens, "seed {seed}");
                     assert!(p.percent >= pp.percent, "seed {seed}");
@@ -365,10 +362,7 @@ mod tests {
         assert_eq!(p.confidence, Confidence::Low);
         // 25 tok/s measured for 2 s.
         for i in 1..=10u64 {
-            tr.on_tokens(
-                5,
-                start + Duration::from_secs(2) + Duration::from_millis(200 * i),
-            );
+            tr.on_tokens(5, start + Duration::from_secs(2) + Duration::from_millis(200 * i));
         }
         let p = tr.snapshot(start + Duration::from_secs(4));
         assert_eq!(p.tokens_per_second, 25.0);
@@ -415,9 +409,7 @@ mod tests {
         );
         let f = tr.finish(start + Duration::from_secs(2));
         let json = serde_json::to_string(&f).unwrap_or_default();
-        assert!(
-            json.contains(r#""estimated_total":30,"percent":100.0,"eta_ms":0,"confidence":"high""#)
-        );
+        assert!(json.contains(r#""estimated_total":30,"percent":100.0,"eta_ms":0,"confidence":"high""#));
     }
 
     #[test]
@@ -506,10 +498,7 @@ mod tests {
             }
             l.record("/r", "m", len);
         }
-        (
-            shown_hits as f64 / eval as f64,
-            exact_hits as f64 / eval as f64,
-        )
+        (shown_hits as f64 / eval as f64, exact_hits as f64 / eval as f64)
     }
 
     /// The brief's scenario: median 300, sigma 0.5, learn 50, evaluate 100.
@@ -523,10 +512,7 @@ mod tests {
     fn accuracy_at_quarter_sigma_0_5() {
         let (shown, exact) = quarter_accuracy(0.5, 0x5EED_2024, 50, 100);
         println!("sigma 0.5: within 25% at quarter: shown {shown:.2}, exact {exact:.2}");
-        assert!(
-            shown >= 0.28 && exact >= 0.28,
-            "shown {shown}, exact {exact}"
-        );
+        assert!(shown >= 0.28 && exact >= 0.28, "shown {shown}, exact {exact}");
     }
 
     /// Same scenario at sigma 0.15, where 80% is reachable (theory ~0.90).
@@ -544,9 +530,7 @@ mod tests {
     fn accuracy_sweep_over_sigma() {
         const SEEDS: u64 = 40;
         let mut largest_ok = 0.0;
-        for sigma in [
-            0.10, 0.15, 0.175, 0.19, 0.20, 0.21, 0.225, 0.25, 0.30, 0.40, 0.50,
-        ] {
+        for sigma in [0.10, 0.15, 0.175, 0.19, 0.20, 0.21, 0.225, 0.25, 0.30, 0.40, 0.50] {
             let (mut shown_sum, mut exact_sum, mut shown_min) = (0.0, 0.0, 1.0f64);
             for seed in 1..=SEEDS {
                 let (shown, exact) = quarter_accuracy(sigma, seed * 7919, 50, 100);

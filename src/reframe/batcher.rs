@@ -116,7 +116,10 @@ impl Batcher {
         self.deadline = None;
         let tokens = std::mem::take(&mut self.tokens);
         let cap = self.text.capacity();
-        let text = std::mem::replace(&mut self.text, String::with_capacity(cap.min(self.limits.max_bytes)));
+        let text = std::mem::replace(
+            &mut self.text,
+            String::with_capacity(cap.min(self.limits.max_bytes)),
+        );
         Some(Batch { text, tokens })
     }
 }
@@ -142,7 +145,13 @@ mod tests {
     async fn first_token_goes_at_once() {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits(false));
-        assert_eq!(b.push("a", t0), Some(Batch { text: "a".into(), tokens: 1 }));
+        assert_eq!(
+            b.push("a", t0),
+            Some(Batch {
+                text: "a".into(),
+                tokens: 1
+            })
+        );
         assert_eq!(b.push("b", t0 + ms(1)), None);
         assert_eq!(b.deadline(), Some(t0 + ms(101)));
     }
@@ -155,13 +164,31 @@ mod tests {
         assert_eq!(b.push("1", t0 + ms(1)), None);
         assert_eq!(b.push("2", t0 + ms(2)), None);
         assert_eq!(b.push("3", t0 + ms(3)), None);
-        assert_eq!(b.push("4", t0 + ms(4)), Some(Batch { text: "1234".into(), tokens: 4 }));
+        assert_eq!(
+            b.push("4", t0 + ms(4)),
+            Some(Batch {
+                text: "1234".into(),
+                tokens: 4
+            })
+        );
         // Bytes: 10 + 10 > 16 flushes the first before adding the second.
         assert_eq!(b.push("0123456789", t0 + ms(5)), None);
-        assert_eq!(b.push("abcdefghij", t0 + ms(6)), Some(Batch { text: "0123456789".into(), tokens: 1 }));
+        assert_eq!(
+            b.push("abcdefghij", t0 + ms(6)),
+            Some(Batch {
+                text: "0123456789".into(),
+                tokens: 1
+            })
+        );
         // Time: the pending token goes when its deadline passes.
         assert_eq!(b.deadline(), Some(t0 + ms(106)));
-        assert_eq!(b.push("k", t0 + ms(106)), Some(Batch { text: "abcdefghijk".into(), tokens: 2 }));
+        assert_eq!(
+            b.push("k", t0 + ms(106)),
+            Some(Batch {
+                text: "abcdefghijk".into(),
+                tokens: 2
+            })
+        );
         assert_eq!(b.take(), None);
     }
 

@@ -187,7 +187,11 @@ where
         self.stream.finish(outcome);
         self.stream.log.close();
         self.record(outcome);
-        tracing::info!(outcome = outcome.as_str(), tokens = self.tokens, "stream finished");
+        tracing::info!(
+            outcome = outcome.as_str(),
+            tokens = self.tokens,
+            "stream finished"
+        );
     }
 
     async fn drive(&mut self, shutdown: CancellationToken) -> End {
@@ -336,7 +340,10 @@ where
                     tracing::debug!("unfinished upstream event discarded at end of stream");
                 }
                 self.final_progress(now);
-                self.append(Some("done"), &serde_json::json!({ "total_tokens": self.tokens }).to_string());
+                self.append(
+                    Some("done"),
+                    &serde_json::json!({ "total_tokens": self.tokens }).to_string(),
+                );
                 Outcome::Completed
             }
             End::Cancelled => {
@@ -355,7 +362,10 @@ where
                     ErrorCode::Shutdown => "the proxy is restarting; ask again",
                     ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
                 };
-                self.append(Some("error"), &error_data(code.as_str(), message, code.recoverable()));
+                self.append(
+                    Some("error"),
+                    &error_data(code.as_str(), message, code.recoverable()),
+                );
                 code.outcome()
             }
         }

@@ -13,7 +13,9 @@ pub fn extract<'a>(data: &'a str, pointer: Option<&str>) -> Option<Cow<'a, str>>
         serde_json::Value::String(s) => Some(Cow::Owned(s.clone())),
         serde_json::Value::Null => Some(Cow::Borrowed("")),
         // A number or bool token is still text the model produced.
-        other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(Cow::Owned(other.to_string())),
+        other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => {
+            Some(Cow::Owned(other.to_string()))
+        }
         _ => None,
     }
 }
@@ -26,7 +28,11 @@ pub fn batch_json(text: &str, tokens: usize) -> String {
         batch_size: usize,
     }
     // Serializing a struct of a str and an integer cannot fail.
-    serde_json::to_string(&Out { content: text, batch_size: tokens }).unwrap_or_default()
+    serde_json::to_string(&Out {
+        content: text,
+        batch_size: tokens,
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -35,7 +41,10 @@ mod tests {
 
     #[test]
     fn extracts() {
-        assert_eq!(extract(r#"{"content":"hé\n\"x\\"}"#, Some("/content")).as_deref(), Some("hé\n\"x\\"));
+        assert_eq!(
+            extract(r#"{"content":"hé\n\"x\\"}"#, Some("/content")).as_deref(),
+            Some("hé\n\"x\\")
+        );
         assert_eq!(extract(r#"{"a":{"b":"c"}}"#, Some("/a/b")).as_deref(), Some("c"));
         assert_eq!(extract(r#"{"n":5}"#, Some("/n")).as_deref(), Some("5"));
         assert_eq!(extract("raw text", None).as_deref(), Some("raw text"));

@@ -385,11 +385,7 @@ impl Parser {
             Some(0) => return Ok(()),
             None => (&line[..], Bytes::new()),
             Some(colon) => {
-                let skip = if line.get(colon + 1) == Some(&b' ') {
-                    2
-                } else {
-                    1
-                };
+                let skip = if line.get(colon + 1) == Some(&b' ') { 2 } else { 1 };
                 (&line[..colon], line.slice(colon + skip..))
             }
         };

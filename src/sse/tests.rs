@@ -58,19 +58,11 @@ fn run_all_splits(name: &str, input: &[u8], limit: usize) -> Outcome {
         assert_eq!(run(input, &[i], limit), whole, "{name}: split at {i}");
     }
     let bytewise: Vec<usize> = (1..n).collect();
-    assert_eq!(
-        run(input, &bytewise, limit),
-        whole,
-        "{name}: 1 byte at a time"
-    );
+    assert_eq!(run(input, &bytewise, limit), whole, "{name}: 1 byte at a time");
     if n <= 80 {
         for i in 0..=n {
             for j in i..=n {
-                assert_eq!(
-                    run(input, &[i, j], limit),
-                    whole,
-                    "{name}: split at {i},{j}"
-                );
+                assert_eq!(run(input, &[i, j], limit), whole, "{name}: split at {i},{j}");
             }
         }
     }
@@ -155,9 +147,7 @@ fn events_are_drained_in_order_across_feeds() {
         .unwrap();
     assert_eq!(p.next_event().unwrap().data, "1");
     p.feed(Bytes::from_static(b"\n\ndata: 4\n\n")).unwrap();
-    let rest: Vec<_> = std::iter::from_fn(|| p.next_event())
-        .map(|e| e.data)
-        .collect();
+    let rest: Vec<_> = std::iter::from_fn(|| p.next_event()).map(|e| e.data).collect();
     assert_eq!(rest, ["2", "3", "4"]);
 }
 
@@ -356,16 +346,10 @@ fn text_api() {
     assert_eq!(t.to_string(), "héllo");
     assert_eq!(format!("{t:?}"), "\"héllo\"");
     assert_eq!(t.as_bytes(), &Bytes::from_static("héllo".as_bytes()));
-    assert_eq!(
-        t.clone().into_bytes(),
-        Bytes::from_static("héllo".as_bytes())
-    );
+    assert_eq!(t.clone().into_bytes(), Bytes::from_static("héllo".as_bytes()));
     assert_eq!(Text::try_from(Bytes::from_static(b"ok")).unwrap(), "ok");
     assert!(Text::try_from(Bytes::from_static(b"\xFF")).is_err());
-    assert_eq!(
-        Text::from_utf8_lossy(Bytes::from_static(b"a\xFFb")),
-        "a\u{FFFD}b"
-    );
+    assert_eq!(Text::from_utf8_lossy(Bytes::from_static(b"a\xFFb")), "a\u{FFFD}b");
     let src = Bytes::from_static(b"valid");
     assert_eq!(
         Text::from_utf8_lossy(src.clone()).as_bytes().as_ptr(),
@@ -421,14 +405,8 @@ fn encode_event_frames() {
         "data: a\ndata: b\ndata: c\ndata: d\ndata: \ndata: e\n\n"
     );
     assert_eq!(encoded(None, None, " lead: x"), "data:  lead: x\n\n");
-    assert_eq!(
-        encoded(None, Some("x\r\ny\rz\n"), "d"),
-        "event: xyz\ndata: d\n\n"
-    );
-    assert_eq!(
-        encoded(Some("a\nb\0c\r"), None, "d"),
-        "id: abc\ndata: d\n\n"
-    );
+    assert_eq!(encoded(None, Some("x\r\ny\rz\n"), "d"), "event: xyz\ndata: d\n\n");
+    assert_eq!(encoded(Some("a\nb\0c\r"), None, "d"), "id: abc\ndata: d\n\n");
 }
 
 #[test]
@@ -594,12 +572,7 @@ fn round_trip_edge_data() {
 fn throughput() {
     let mut wire = BytesMut::new();
     for i in 0..200_000 {
-        encode_event(
-            &mut wire,
-            None,
-            None,
-            &format!("{{\"content\":\"tok{i}\"}}"),
-        );
+        encode_event(&mut wire, None, None, &format!("{{\"content\":\"tok{i}\"}}"));
     }
     let wire = wire.freeze();
     let started = std::time::Instant::now();

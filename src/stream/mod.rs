@@ -72,7 +72,13 @@ pub struct Stream {
 
 impl Stream {
     /// A new running stream.
-    pub fn new(id: StreamId, route: Arc<str>, model: String, owner: Option<Owner>, log: Arc<dyn StreamLog>) -> Self {
+    pub fn new(
+        id: StreamId,
+        route: Arc<str>,
+        model: String,
+        owner: Option<Owner>,
+        log: Arc<dyn StreamLog>,
+    ) -> Self {
         Stream {
             id,
             route,

@@ -280,7 +280,13 @@ mod tests {
     use crate::stream::Outcome;
 
     fn registry(max_total: usize) -> Arc<Registry> {
-        Arc::new(Registry::new(Arc::new(LogBudget::default()), 2, 1, max_total, Duration::from_secs(60)))
+        Arc::new(Registry::new(
+            Arc::new(LogBudget::default()),
+            2,
+            1,
+            max_total,
+            Duration::from_secs(60),
+        ))
     }
 
     fn add(r: &Registry, max_bytes: usize) -> Arc<Stream> {

@@ -44,7 +44,11 @@ pub fn start_with_env(env: &[(&str, &str)]) -> Option<Backend> {
         return None;
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/fastapi-backend");
-    let port_file = std::env::temp_dir().join(format!("sse-proxy-backend-{}-{}", std::process::id(), rand_suffix()));
+    let port_file = std::env::temp_dir().join(format!(
+        "sse-proxy-backend-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     let mut cmd = Command::new(py);
     cmd.arg(dir.join("run.py"))
         .arg("--port-file")
@@ -56,19 +60,24 @@ pub fn start_with_env(env: &[(&str, &str)]) -> Option<Backend> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("start the reference backend");
+    // Owned by a Backend from the start, so it is killed and reaped on every path.
+    let mut backend = Backend {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        child: cmd.spawn().expect("start the reference backend"),
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(s) = std::fs::read_to_string(&port_file) {
             if let Ok(port) = s.trim().parse::<u16>() {
                 let _ = std::fs::remove_file(&port_file);
-                return Some(Backend {
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    child,
-                });
+                backend.addr.set_port(port);
+                return Some(backend);
             }
         }
-        assert!(std::time::Instant::now() < deadline, "the reference backend did not start within 30s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reference backend did not start within 30s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -76,6 +85,10 @@ pub fn start_with_env(env: &[(&str, &str)]) -> Option<Backend> {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     h.finish()
 }

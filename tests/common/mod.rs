@@ -104,8 +104,30 @@ pub fn answer(tokens: &[String], gap: Duration) -> Vec<Step> {
 
 /// Tokens exercising escaping: spaces, newlines, quotes, backslashes, non-ASCII.
 pub fn tricky_tokens(n: usize) -> Vec<String> {
-    let pool = ["Hello", " world", ",", " \"quoted\"", " back\\slash", "\n", " café", " 日本語", " 🚀", " tab\there", "\r\n", " data: x", ""];
-    (0..n).map(|i| format!("{}{}", pool[i % pool.len()], if i % 7 == 0 { i.to_string() } else { String::new() })).collect()
+    let pool = [
+        "Hello",
+        " world",
+        ",",
+        " \"quoted\"",
+        " back\\slash",
+        "\n",
+        " café",
+        " 日本語",
+        " 🚀",
+        " tab\there",
+        "\r\n",
+        " data: x",
+        "",
+    ];
+    (0..n)
+        .map(|i| {
+            format!(
+                "{}{}",
+                pool[i % pool.len()],
+                if i % 7 == 0 { i.to_string() } else { String::new() }
+            )
+        })
+        .collect()
 }
 
 /// What the mock upstream saw.
@@ -140,6 +162,12 @@ struct Script {
     steps: std::vec::IntoIter<Step>,
     seen: Arc<Seen>,
     finished: bool,
+}
+
+impl Script {
+    fn mark_finished(&mut self) {
+        self.finished = true;
+    }
 }
 
 impl Drop for Script {
@@ -227,13 +255,13 @@ fn respond(reply: Reply, seen: Arc<Seen>) -> Response<TestBody> {
         loop {
             match s.steps.next() {
                 None => {
-                    s.finished = true;
+                    s.mark_finished();
                     return None;
                 }
                 Some(Step::Bytes(b)) => return Some((Ok::<_, BoxError>(Frame::data(b)), s)),
                 Some(Step::Sleep(d)) => tokio::time::sleep(d).await,
                 Some(Step::Abort) => {
-                    s.finished = true;
+                    s.mark_finished();
                     return Some((Err("scripted abort".into()), s));
                 }
                 Some(Step::Hang) => std::future::pending::<()>().await,
@@ -261,6 +289,17 @@ pub struct TestProxy {
     pub app: Arc<sse_proxy::app::App>,
     pub shutdown: CancellationToken,
     pub done: tokio::task::JoinHandle<()>,
+}
+
+impl TestProxy {
+    /// Starts a graceful shutdown and waits until the proxy has stopped.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, &mut self.done)
+            .await
+            .expect("proxy stops in time")
+            .expect("proxy task");
+    }
 }
 
 impl Drop for TestProxy {
@@ -306,7 +345,9 @@ pub async fn proxy(upstream: SocketAddr, edit: impl FnOnce(&mut Config)) -> Test
 /// Starts a proxy with exactly this config.
 pub async fn proxy_with(cfg: Config) -> TestProxy {
     let shutdown = CancellationToken::new();
-    let bound = sse_proxy::server::bind(cfg, shutdown.clone()).await.expect("bind proxy");
+    let bound = sse_proxy::server::bind(cfg, shutdown.clone())
+        .await
+        .expect("bind proxy");
     let (addr, admin, app) = (bound.main_addr(), bound.admin_addr(), bound.app().clone());
     let done = tokio::spawn(bound.serve());
     TestProxy {
@@ -327,12 +368,7 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 }
 
 /// Sends a request and returns the response (headers only; body still streaming).
-pub async fn send(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Response<Incoming> {
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Response<Incoming> {
     let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -411,7 +447,10 @@ impl Events {
             if self.ended {
                 return None;
             }
-            match tokio::time::timeout(WAIT, self.body.frame()).await.expect("event in time") {
+            match tokio::time::timeout(WAIT, self.body.frame())
+                .await
+                .expect("event in time")
+            {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
                         self.raw.extend_from_slice(&d);
@@ -449,7 +488,11 @@ pub fn assert_gapless(events: &[Ev], first: u64) {
     }
     let streams: std::collections::HashSet<_> = events
         .iter()
-        .map(|e| e.id.as_deref().and_then(|i| i.rsplit_once(':')).map(|p| p.0.to_string()))
+        .map(|e| {
+            e.id.as_deref()
+                .and_then(|i| i.rsplit_once(':'))
+                .map(|p| p.0.to_string())
+        })
         .collect();
     assert!(streams.len() <= 1, "events of several streams: {streams:?}");
 }
@@ -466,4 +509,115 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Sends a request with a binary body and returns the response (headers only; body still streaming).
+pub async fn send_bytes(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Response<Incoming> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body)).expect("request");
+    tokio::time::timeout(WAIT, client().request(req))
+        .await
+        .expect("response in time")
+        .expect("response")
+}
+
+/// Percent-encodes a query parameter value (`application/x-www-form-urlencoded`).
+pub fn qs(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// More helpers (resume, cancel, chaos)
+
+/// The metrics recorder is global to the test process: tests asserting exact metric deltas take
+/// this lock exclusively, every other test of the same binary takes it shared.
+static METRICS_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Taken by a test that asserts exact global metrics (no other test of the binary runs meanwhile).
+pub async fn metrics_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    METRICS_LOCK.write().await
+}
+
+/// Taken by every other test of a binary that has `metrics_exclusive` tests.
+pub async fn metrics_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    METRICS_LOCK.read().await
+}
+
+/// Sends a prebuilt request (for header values that are not valid UTF-8, say).
+pub async fn send_request(req: Request<Full<Bytes>>) -> Response<Incoming> {
+    tokio::time::timeout(WAIT, client().request(req))
+        .await
+        .expect("response in time")
+        .expect("response")
+}
+
+/// The `X-Stream-Id` of a stream response.
+pub fn stream_id_of(resp: &Response<Incoming>) -> String {
+    resp.headers()
+        .get("x-stream-id")
+        .expect("x-stream-id header")
+        .to_str()
+        .expect("ascii stream id")
+        .to_string()
+}
+
+/// The stream id parsed, for registry lookups.
+pub fn parse_stream_id(sid: &str) -> sse_proxy::ids::StreamId {
+    sse_proxy::ids::StreamId::parse(sid).expect("valid stream id")
+}
+
+/// A random, well-formed stream id that no proxy issued.
+pub fn forged_stream_id() -> String {
+    sse_proxy::ids::StreamId::random().to_string()
+}
+
+/// Parses a JSON body.
+pub fn json_of(b: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
+/// Polls `f` every 10 ms until it holds or `within` passes; returns whether it held.
+pub async fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl Events {
+    /// The next `n` events (fewer if the body ends first).
+    pub async fn take(&mut self, n: usize) -> Vec<Ev> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next().await {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// The request paths and queries the mock received, in order.
+pub fn seen_uris(seen: &Seen) -> Vec<String> {
+    seen.log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string())
+        .collect()
 }
