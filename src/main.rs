@@ -200,8 +200,9 @@ fn run_demo(cli: &Cli) -> ExitCode {
     })
 }
 
+/// The human-readable banner goes to stderr so stdout stays one machine-readable line.
 fn demo_banner(main: SocketAddr, admin: SocketAddr) {
-    println!(
+    eprintln!(
         "\nsse-proxy demo is running (a synthetic LLM backend behind the proxy):\n\
          \n  demo page   http://{main}/_sse-proxy/demo\
          \n  a stream    curl -N 'http://{main}/api/question/stream?question=hello&model=demo'\

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 /// The browser client (ES module), built from `clients/js`.
 const CLIENT_JS: &str = include_str!("../../clients/js/dist/sse-client.js");
-/// The Vue 3 composable (ES module importing `vue` and `./client.js`).
+/// The Vue 3 composable (ES module importing `vue` and `./sse-client.js`).
 const VUE_JS: &str = include_str!("../../clients/js/dist/vue.js");
 /// The demo page.
 const DEMO_HTML: &str = include_str!("../../clients/js/demo/index.html");
@@ -19,7 +19,8 @@ const DEMO_HTML: &str = include_str!("../../clients/js/demo/index.html");
 pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Response<ProxyBody> {
     let method = req.method().clone();
     match (&method, rest) {
-        (&Method::GET, "/client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
+        // `vue.js` imports its sibling as `./sse-client.js`; `client.js` is the documented name.
+        (&Method::GET, "/client.js" | "/sse-client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
         (&Method::GET, "/vue.js") => asset(VUE_JS, "text/javascript; charset=utf-8"),
         (&Method::GET, "/demo") if app.cfg.demo.enabled => asset(DEMO_HTML, "text/html; charset=utf-8"),
         (&Method::POST, "/client-metrics") if app.cfg.client_metrics.enabled => {

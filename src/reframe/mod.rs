@@ -28,7 +28,7 @@ pub struct RouteSettings {
     /// Upstream event type carrying tokens.
     pub token_event: String,
     /// JSON Pointer to token text.
-    pub token_path: Option<String>,
+    pub token_path: Option<token::Pointer>,
     /// Upstream events that end the stream.
     pub terminal_events: Vec<String>,
 }
@@ -39,7 +39,7 @@ impl RouteSettings {
         RouteSettings {
             label: route.path.as_label().into(),
             token_event: route.token_event.clone(),
-            token_path: route.token_path.as_ref().map(|p| p.0.clone()),
+            token_path: route.token_path.as_ref().map(|p| token::Pointer::parse(&p.0)),
             terminal_events: route.terminal_events.clone(),
         }
     }
@@ -265,7 +265,7 @@ where
         let now = Instant::now();
         let name = ev.event.as_str();
         if name == self.route.token_event {
-            if let Some(tok) = token::extract(ev.data.as_str(), self.route.token_path.as_deref()) {
+            if let Some(tok) = token::extract(ev.data.as_str(), self.route.token_path.as_ref()) {
                 self.first_token.get_or_insert(now);
                 self.last_token = Some(now);
                 if let Some(batch) = self.batcher.push(&tok, now) {

@@ -111,7 +111,7 @@ export interface BackoffOptions {
     baseMs?: number;
     /** Upper bound of any single delay (default 30000). */
     capMs?: number;
-    /** Consecutive failed attempts without a new event before giving up (default 8). */
+    /** Reconnection attempts in a row without a new event before the stream fails (default 8). */
     maxAttempts?: number;
 }
 /** Delay before retry number `attempt` (0-based): uniform in [0, min(cap, base * 2^attempt)]. */
@@ -184,6 +184,8 @@ export interface SseClientEvents {
     done: [data: DoneData];
     error: [data: StreamErrorData];
     gap: [gap: GapInfo];
+    /** A recoverable `error` ended the stream: the request is asked again from scratch and `text` was reset. */
+    restart: [reason: string];
     event: [event: SseEvent];
 }
 /** A listener for event `K`. */
@@ -237,6 +239,8 @@ export declare class SseClient {
     private read;
     private handleEvent;
     private handleTokens;
+    /** Forgets the ended stream so the next request starts a new one. */
+    private restart;
     private finish;
     private report;
     private armWatchdog;

@@ -174,7 +174,7 @@ const DEFAULT_BASE_MS = 1000;
 const DEFAULT_CAP_MS = 30000;
 const DEFAULT_MAX_ATTEMPTS = 8;
 const end = (state, reason, outcome) => ({ kind: 'end', state, reason, outcome });
-const retry = (reason, delayMs) => ({ kind: 'retry', reason, delayMs });
+const retry = (reason, delayMs, fresh) => ({ kind: 'retry', reason, delayMs, fresh });
 /** Streams one sse-proxy response, reconnecting with `Last-Event-ID` and never delivering an event twice. */
 export class SseClient {
     url;
@@ -291,6 +291,8 @@ export class SseClient {
             const delay = step.delayMs ?? backoffDelay(failures, base, backoff.capMs ?? DEFAULT_CAP_MS);
             failures++;
             reconnecting = true;
+            if (step.fresh)
+                this.restart(step.reason);
             this.setState('reconnecting', step.reason);
             await this.sleep(delay);
         }
@@ -345,7 +347,7 @@ export class SseClient {
         for (;;) {
             const { done, value } = await reader.read();
             if (done)
-                return this.terminal ?? retry('connection_closed');
+                return retry('connection_closed');
             this.armWatchdog();
             this.counters.bytes += value.byteLength;
             decoder.push(value);
@@ -393,7 +395,7 @@ export class SseClient {
                 const error = toStreamError(data);
                 this.emit('metadata', event.type, data);
                 this.emit('error', error);
-                this.terminal = error.recoverable ? retry(error.code) : end('failed', error.code, 'error');
+                this.terminal = error.recoverable ? retry(error.code, undefined, true) : end('failed', error.code, 'error');
                 return;
             }
             default:
@@ -409,6 +411,14 @@ export class SseClient {
         this.text += content;
         this.counters.tokens += size;
         this.emit('token', content, size);
+    }
+    /** Forgets the ended stream so the next request starts a new one. */
+    restart(reason) {
+        this.text = '';
+        this.streamId = null;
+        this.lastEventId = null;
+        this.lastSeq = 0;
+        this.emit('restart', reason);
     }
     finish(step) {
         if (this.result)

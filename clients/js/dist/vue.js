@@ -54,6 +54,13 @@ export function useEnhancedStreaming(options = {}) {
             if (isCurrent())
                 connectionState.value = state;
         });
+        current.on('restart', () => {
+            if (!isCurrent())
+                return;
+            pending = '';
+            streamContent.value = '';
+            progress.value = null;
+        });
         current.on('metadata', (type, data) => {
             if (!isCurrent())
                 return;

@@ -1,6 +1,6 @@
 // The demo page served by `sse-proxy demo`, in headless Chromium: ask, drop, resume, stop.
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { SseClient } from '../dist/sse-client.js';
 import { skipProxy, startProxy } from '../test/helpers/proxy.mjs';
@@ -19,6 +19,13 @@ describe('demo page', { skip: skipProxy, timeout: 120000 }, () => {
   after(async () => {
     await browser?.close();
     await proxy?.stop();
+  });
+
+  test('the proxy serves the current demo/index.html (rebuild the proxy after editing it)', async () => {
+    const res = await fetch(`${proxy.url}/_sse-proxy/demo`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type'), /^text\/html/);
+    assert.ok((await res.text()) === readFileSync(new URL('../demo/index.html', import.meta.url), 'utf8'), 'embedded demo page is stale');
   });
 
   /** Opens the demo page, failing the test on any page error. */
@@ -59,6 +66,23 @@ describe('demo page', { skip: skipProxy, timeout: 120000 }, () => {
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.waitForTimeout(400); // let the progress bar's width transition finish
     await page.screenshot({ path: new URL('demo.png', ARTIFACTS).pathname, fullPage: true });
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  test('a failed stream shows the error panel; Retry asks again', async () => {
+    const { page, errors } = await openDemo();
+    await page.route('**/api/question/stream**', (route) =>
+      route.fulfill({ status: 410, contentType: 'application/json', body: '{"error":"resume_unavailable","message":"gone"}' }));
+    await page.click('#ask');
+    await page.waitForSelector('#error', { state: 'visible' });
+    assert.equal(await page.textContent('#error-code'), 'resume_unavailable');
+    assert.equal(await page.getAttribute('#state', 'data-state'), 'failed');
+    await page.unroute('**/api/question/stream**');
+    await page.click('#retry');
+    const result = await page.evaluate(() => window.__demo.done.then((r) => r.reason));
+    assert.equal(result, 'done');
+    assert.equal(await page.isHidden('#error'), true);
     assert.deepEqual(errors, []);
     await page.close();
   });

@@ -1,4 +1,4 @@
-// Native EventSource against the proxy through a relay that cuts the TCP connection every 2-4 KiB:
+// Native EventSource against the proxy through a relay that cuts the TCP connection every 1-3 KiB:
 // the browser's own reconnect + Last-Event-ID must yield the exact answer, then stop after `done`.
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
@@ -20,7 +20,7 @@ es.onmessage = (e) => { s.text += JSON.parse(e.data).content; };
 es.addEventListener('done', () => { s.done = true; });
 </script>`;
 
-/** Serves PAGE and relays /api/ to `target`, destroying the client socket after 2-4 KiB of body. */
+/** Serves PAGE and relays /api/ to `target`, destroying the client socket after 1-3 KiB of body. */
 function relay(target) {
   const log = [];
   return listen((req, res) => {
@@ -38,7 +38,7 @@ function relay(target) {
     const upstream = request({ hostname, port, path: req.url, method: req.method, headers: req.headers }, (pr) => {
       entry.status = pr.statusCode;
       res.writeHead(pr.statusCode, pr.headers);
-      const limit = 2048 + Math.floor(Math.random() * 2048);
+      const limit = 1024 + Math.floor(Math.random() * 2048);
       pr.on('data', (chunk) => {
         const room = limit - entry.bytes;
         entry.bytes += Math.min(room, chunk.length);

@@ -6,7 +6,7 @@ export interface BackoffOptions {
   baseMs?: number;
   /** Upper bound of any single delay (default 30000). */
   capMs?: number;
-  /** Consecutive failed attempts without a new event before giving up (default 8). */
+  /** Reconnection attempts in a row without a new event before the stream fails (default 8). */
   maxAttempts?: number;
 }
 

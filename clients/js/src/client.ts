@@ -89,6 +89,8 @@ export interface SseClientEvents {
   done: [data: DoneData];
   error: [data: StreamErrorData];
   gap: [gap: GapInfo];
+  /** A recoverable `error` ended the stream: the request is asked again from scratch and `text` was reset. */
+  restart: [reason: string];
   event: [event: SseEvent];
 }
 
@@ -96,7 +98,8 @@ export interface SseClientEvents {
 export type SseListener<K extends keyof SseClientEvents> = (...args: SseClientEvents[K]) => void;
 
 type EndStep = { kind: 'end'; state: 'closed' | 'failed'; reason: string; outcome: Outcome };
-type Step = EndStep | { kind: 'retry'; reason: string; delayMs?: number };
+// `fresh`: ask again without Last-Event-ID (the old stream ended with a recoverable error).
+type Step = EndStep | { kind: 'retry'; reason: string; delayMs?: number; fresh?: boolean };
 // Storage type only: on() and emit() are typed per event name.
 type AnyListener = (...args: any[]) => void;
 
@@ -105,7 +108,7 @@ const DEFAULT_CAP_MS = 30000;
 const DEFAULT_MAX_ATTEMPTS = 8;
 
 const end = (state: 'closed' | 'failed', reason: string, outcome: Outcome): EndStep => ({ kind: 'end', state, reason, outcome });
-const retry = (reason: string, delayMs?: number): Step => ({ kind: 'retry', reason, delayMs });
+const retry = (reason: string, delayMs?: number, fresh?: boolean): Step => ({ kind: 'retry', reason, delayMs, fresh });
 
 /** Streams one sse-proxy response, reconnecting with `Last-Event-ID` and never delivering an event twice. */
 export class SseClient {
@@ -218,6 +221,7 @@ export class SseClient {
       const delay = step.delayMs ?? backoffDelay(failures, base, backoff.capMs ?? DEFAULT_CAP_MS);
       failures++;
       reconnecting = true;
+      if (step.fresh) this.restart(step.reason);
       this.setState('reconnecting', step.reason);
       await this.sleep(delay);
     }
@@ -269,7 +273,7 @@ export class SseClient {
     });
     for (;;) {
       const { done, value } = await reader.read();
-      if (done) return this.terminal ?? retry('connection_closed');
+      if (done) return retry('connection_closed');
       this.armWatchdog();
       this.counters.bytes += value.byteLength;
       decoder.push(value);
@@ -316,7 +320,7 @@ export class SseClient {
         const error = toStreamError(data);
         this.emit('metadata', event.type, data);
         this.emit('error', error);
-        this.terminal = error.recoverable ? retry(error.code) : end('failed', error.code, 'error');
+        this.terminal = error.recoverable ? retry(error.code, undefined, true) : end('failed', error.code, 'error');
         return;
       }
       default:
@@ -332,6 +336,15 @@ export class SseClient {
     this.text += content;
     this.counters.tokens += size;
     this.emit('token', content, size);
+  }
+
+  /** Forgets the ended stream so the next request starts a new one. */
+  private restart(reason: string): void {
+    this.text = '';
+    this.streamId = null;
+    this.lastEventId = null;
+    this.lastSeq = 0;
+    this.emit('restart', reason);
   }
 
   private finish(step: EndStep): void {

@@ -103,6 +103,12 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
     current.on('state', (state) => {
       if (isCurrent()) connectionState.value = state;
     });
+    current.on('restart', () => {
+      if (!isCurrent()) return;
+      pending = '';
+      streamContent.value = '';
+      progress.value = null;
+    });
     current.on('metadata', (type, data) => {
       if (!isCurrent()) return;
       metadata.value = { ...metadata.value, [type]: data };

@@ -212,23 +212,29 @@ test('a 200 that is not text/event-stream fails', async (t) => {
   assert.deepEqual([result.state, result.reason], ['failed', 'bad_content_type']);
 });
 
-test('error event: recoverable reconnects, non-recoverable fails', async (t) => {
+test('error event: recoverable asks again from scratch, non-recoverable fails', async (t) => {
+  let n = 0;
   const s = await listen((req, res) => {
-    sseHead(res, 'E');
-    if (!req.headers['last-event-id']) {
-      res.end(frame({ id: 'E:1', data: '{"content":"a","batch_size":1}' }) +
-        frame({ id: 'E:2', event: 'error', data: '{"code":"upstream_reset","message":"m","recoverable":true}' }));
+    sseHead(res, `E${++n}`);
+    if (n === 1) {
+      res.end(frame({ id: 'E1:1', data: '{"content":"a","batch_size":1}' }) +
+        frame({ id: 'E1:2', event: 'error', data: '{"code":"upstream_reset","message":"m","recoverable":true}' }));
     } else {
-      res.end(frame({ id: 'E:3', event: 'error', data: '{"code":"upstream_malformed","message":"m","recoverable":false}' }));
+      res.end(frame({ id: 'E2:1', data: '{"content":"b","batch_size":1}' }) +
+        frame({ id: 'E2:2', event: 'error', data: '{"code":"upstream_malformed","message":"m","recoverable":false}' }));
     }
   });
   t.after(s.close);
   const client = new SseClient(`${s.url}/s`, { backoff: FAST });
+  const restarts = [];
+  client.on('restart', (reason) => restarts.push([reason, client.text]));
   const seen = record(client);
   const result = await client.start();
-  assert.equal(s.requests[1].headers['last-event-id'], 'E:2');
+  assert.equal(s.requests[1].headers['last-event-id'], undefined, 'a new request, not a resume');
+  assert.deepEqual(restarts, [['upstream_reset', '']]);
   assert.deepEqual(seen.error.map((e) => e.code), ['upstream_reset', 'upstream_malformed']);
-  assert.deepEqual([result.state, result.reason, result.outcome], ['failed', 'upstream_malformed', 'error']);
+  assert.deepEqual([result.state, result.reason, result.outcome, result.text], ['failed', 'upstream_malformed', 'error', 'b']);
+  assert.equal(client.streamId, 'E2');
 });
 
 test('POST body and headers are sent on every attempt', async (t) => {

@@ -1,6 +1,7 @@
 // SseClient against the real sse-proxy binary in front of a mock sse-starlette upstream.
 // Skipped when the binary is missing (set SSE_PROXY_BIN or build the Rust crate).
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { SseClient } from '../dist/sse-client.js';
 import { configFile, skipProxy, startProxy } from './helpers/proxy.mjs';
@@ -120,11 +121,11 @@ describe('real proxy', { skip: skipProxy }, () => {
     assert.equal((await post({ ...ok, extra: 1 })).status, 400);
   });
 
-  test('serves the embedded client and demo assets', async () => {
+  test('serves the current dist/sse-client.js (rebuild the proxy after npm run build)', async () => {
     const js = await fetch(`${env.proxy.url}/_sse-proxy/client.js`);
     assert.equal(js.status, 200);
     assert.match(js.headers.get('content-type'), /javascript/);
-    assert.match(await js.text(), /export class SseClient/);
+    assert.ok((await js.text()) === readFileSync(new URL('../dist/sse-client.js', import.meta.url), 'utf8'), 'embedded client.js is stale');
   });
 });
 
