@@ -41,15 +41,19 @@ pub fn answer_tokens(question: &str) -> Vec<String> {
         seed ^= seed << 17;
         seed
     };
-    let sentences = 8 + (next() % 8) as usize;
+    // A shuffled selection of distinct sentences, so answers read naturally and differ per question.
+    let mut order: Vec<usize> = (0..SENTENCES.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    let count = 7 + (next() % 5) as usize;
     let mut tokens = Vec::new();
-    for i in 0..sentences {
+    for (i, &k) in order.iter().take(count).enumerate() {
         if i > 0 && i % 3 == 0 {
             tokens.push("\n\n".to_string());
         }
-        let s = SENTENCES[(next() % SENTENCES.len() as u64) as usize];
-        for (j, word) in s.split(' ').enumerate() {
-            let lead = if j == 0 && (i == 0 || i % 3 == 0) { "" } else { " " };
+        for (j, word) in SENTENCES[k].split(' ').enumerate() {
+            let lead = if j == 0 && i % 3 == 0 { "" } else { " " };
             tokens.push(format!("{lead}{word}"));
         }
     }

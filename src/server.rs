@@ -152,13 +152,23 @@ async fn save_periodically(learner: Arc<Learner>, stop: CancellationToken) {
     }
 }
 
-/// A server connection builder: HTTP/1.1 and h2c, with the header read timeout armed.
+/// Largest request head (request line and headers) accepted from a client. A larger one is
+/// answered `431 Request Header Fields Too Large` (HTTP/1.1) or refused (HTTP/2) instead of being
+/// forwarded to the backend; hyper's own HTTP/1.1 default (about 400 KB) is far above what any
+/// browser sends.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
+/// A server connection builder: HTTP/1.1 and h2c, with the header read timeout armed and request
+/// heads limited to [`MAX_REQUEST_HEAD_BYTES`].
 pub fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    b.http2().timer(TokioTimer::new());
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
     b
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: cannot read the configuration file ({source}); pass an existing TOML file with --config FILE")]
     Read {
         /// The file.
         path: String,
@@ -486,7 +486,7 @@ impl Config {
                 file: file.to_string(),
                 line,
                 col,
-                message: e.message().to_string(),
+                message: explain(e.message()),
             }
         })?;
         cfg.validate().map_err(|(needle, message)| {
@@ -646,6 +646,25 @@ impl Config {
         }
         Ok(self)
     }
+}
+
+/// A parse error message, with what is expected added where serde's own message says only what
+/// is missing.
+fn explain(message: &str) -> String {
+    let hint = match message {
+        "missing field `upstream`" => {
+            "the [upstream] table is required, with at least url = \"http://HOST:PORT\""
+        }
+        "missing field `url`" => "[upstream] needs url = \"http://HOST:PORT[/PREFIX]\"",
+        "missing field `path`" => {
+            "each [[stream]] needs path = \"/exact/path\" or a prefix such as \"/api/stream/*\""
+        }
+        "missing field `name`" | "missing field `expected_tokens`" => {
+            "each [[progress.model]] needs name = \"MODEL\" and expected_tokens = N"
+        }
+        _ => return message.to_string(),
+    };
+    format!("{message}: {hint}")
 }
 
 /// 1-based line and column of a byte offset.

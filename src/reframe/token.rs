@@ -146,10 +146,23 @@ mod tests {
 
     #[test]
     fn extracts() {
-        assert_eq!(x(r#"{"content":"hé\n\"x\\"}"#, "/content").as_deref(), Some("hé\n\"x\\"));
+        assert_eq!(
+            x(r#"{"content":"hé\n\"x\\"}"#, "/content").as_deref(),
+            Some("hé\n\"x\\")
+        );
         assert_eq!(x(r#"{"a":{"b":"c"}}"#, "/a/b").as_deref(), Some("c"));
-        assert_eq!(x(r#"{"skip":{"deep":[1,{"x":2}]},"a":{"z":1,"b":"c"}}"#, "/a/b").as_deref(), Some("c"));
-        assert_eq!(x(r#"{"choices":[{"delta":{"content":"hi"}}]}"#, "/choices/0/delta/content").as_deref(), Some("hi"));
+        assert_eq!(
+            x(r#"{"skip":{"deep":[1,{"x":2}]},"a":{"z":1,"b":"c"}}"#, "/a/b").as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            x(
+                r#"{"choices":[{"delta":{"content":"hi"}}]}"#,
+                "/choices/0/delta/content"
+            )
+            .as_deref(),
+            Some("hi")
+        );
         assert_eq!(x(r#"{"a/b":{"~":"t"}}"#, "/a~1b/~0").as_deref(), Some("t"));
         assert_eq!(x(r#"{"n":5}"#, "/n").as_deref(), Some("5"));
         assert_eq!(x(r#"{"n":null}"#, "/n").as_deref(), Some(""));
@@ -166,7 +179,10 @@ mod tests {
     #[test]
     fn plain_strings_are_borrowed() {
         let data = r#"{"content":"plain token"}"#;
-        assert!(matches!(extract(data, Some(&Pointer::parse("/content"))), Some(Cow::Borrowed(_))));
+        assert!(matches!(
+            extract(data, Some(&Pointer::parse("/content"))),
+            Some(Cow::Borrowed(_))
+        ));
     }
 
     #[test]

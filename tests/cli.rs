@@ -1,0 +1,488 @@
+//! The real `sse-proxy` binary: `check`, `demo`, overrides, JSON logs, graceful shutdown.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sse-proxy");
+
+fn manifest_path(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// A temp file holding `text`, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("sse-proxy-cli-{}-{nanos}-{name}", std::process::id()));
+        std::fs::write(&path, text).expect("write temp config");
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A running proxy process; killed on drop.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Starts the binary and waits for its `{"listening":..,"admin":..}` line.
+    fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sse-proxy");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let e2 = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e2.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining (the demo prints a banner) so the process never blocks on stdout.
+            for _ in lines {}
+        });
+        let first = match rx.recv_timeout(WAIT) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no listening line; stderr: {}", stderr.lock().expect("lock"));
+            }
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first:?}"));
+        let obj = v.as_object().expect("object");
+        assert_eq!(obj.len(), 2, "{first}");
+        let addr = v["listening"].as_str().expect("listening").parse().expect("addr");
+        let admin = v["admin"].as_str().expect("admin").parse().expect("addr");
+        Proc {
+            child,
+            addr,
+            admin,
+            stderr,
+        }
+    }
+
+    fn sigterm(&self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+}
+
+fn check(config: &str) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config", config])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run check");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let (code, out, err) = check(manifest_path("proxy.toml").to_str().expect("utf8"));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn check_rejects_bad_configs_with_location_and_help() {
+    let up = "[upstream]\nurl = \"http://127.0.0.1:8000\"\n";
+    let cases = [
+        (
+            "unknown-key",
+            format!("{up}bogus = 1\n"),
+            (3, 1),
+            "expected one of `url`",
+        ),
+        (
+            "bad-duration",
+            format!("{up}idle_timeout = \"10 parsecs\"\n"),
+            (3, 16),
+            "\"250ms\"",
+        ),
+        (
+            "bad-url",
+            "[upstream]\nurl = \"https://x.example\"\n".to_string(),
+            (2, 7),
+            "http://HOST:PORT",
+        ),
+        (
+            "no-upstream",
+            "[server]\nshutdown_grace = \"1s\"\n".to_string(),
+            (1, 1),
+            "url = \"http://HOST:PORT\"",
+        ),
+        (
+            "bad-size",
+            format!("{up}max_event_bytes = \"1 MB\"\n"),
+            (3, 19),
+            "\"8KiB\"",
+        ),
+        (
+            "unknown-table",
+            format!("{up}[bogus]\nx = 1\n"),
+            (3, 2),
+            "expected one of",
+        ),
+    ];
+    for (name, text, (line, col), help) in cases {
+        let f = TempFile::new(&format!("{name}.toml"), &text);
+        let (code, out, err) = check(f.path());
+        assert_eq!(code, 64, "{name}: stdout {out} stderr {err}");
+        let prefix = format!("{}:{line}:{col}: ", f.path());
+        assert!(err.contains(&prefix), "{name}: expected {prefix:?} in {err:?}");
+        assert!(err.contains(help), "{name}: expected {help:?} in {err:?}");
+    }
+    let missing = manifest_path("does-not-exist.toml");
+    let (code, _, err) = check(missing.to_str().expect("utf8"));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("does-not-exist.toml") && err.contains("--config"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_stream_page_client_and_admin() {
+    let p = tokio::task::spawn_blocking(|| {
+        Proc::start(&["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+    })
+    .await
+    .expect("start");
+    let resp = get(&format!("http://{}/api/question/text?question=hi", p.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).expect("json");
+    let expected = v["answer"].as_str().expect("answer").to_string();
+
+    let resp = get(
+        &format!("http://{}/api/question/stream?question=hi&model=demo", p.addr),
+        &[],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = Events::new(resp).all().await;
+    assert_gapless(&events, 1);
+    assert_eq!(events[0].event, "thinking");
+    assert_eq!(text_of(&events), expected);
+    assert!(events
+        .iter()
+        .any(|e| e.event == "message" && e.json()["batch_size"].as_u64() > Some(0)));
+    let progress: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| e.json())
+        .collect();
+    assert!(!progress.is_empty(), "no progress events");
+    assert_eq!(
+        progress.last().expect("progress")["percent"].as_f64(),
+        Some(100.0)
+    );
+    assert!(progress.iter().all(|p| p["model"] == "demo"));
+    assert_eq!(events.last().expect("events").event, "done");
+
+    let resp = get(&format!("http://{}/_sse-proxy/demo", p.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    let html = String::from_utf8(body_bytes(resp).await.to_vec()).expect("utf8");
+    assert!(html.to_ascii_lowercase().contains("<html") && html.contains("/_sse-proxy/client.js"));
+    let resp = get(&format!("http://{}/_sse-proxy/client.js", p.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/javascript"));
+    assert!(!body_bytes(resp).await.is_empty());
+
+    let m = metrics_text(p.admin).await;
+    assert!(metric(&m, "sse_proxy_streams_started_total") >= 1.0, "{m}");
+    for (path, status) in [("/healthz", 200), ("/readyz", 200)] {
+        let resp = get(&format!("http://{}{path}", p.admin), &[]).await;
+        assert_eq!(resp.status(), status, "{path}");
+    }
+}
+
+/// A config for the binary in front of a mock: `/stream` re-framed, 1 s shutdown grace.
+fn temp_config(upstream: SocketAddr) -> TempFile {
+    TempFile::new(
+        "proxy.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "1s"
+
+[upstream]
+url = "http://{upstream}"
+
+[[stream]]
+path = "/stream"
+token_path = "/content"
+
+[heartbeat]
+interval = "500ms"
+"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_overrides_the_config() {
+    let up = MockUpstream::start(|parts, _| match parts.uri.path() {
+        "/api/question/stream" => Reply::sse(answer(&["over".into(), "ride".into()], Duration::ZERO)),
+        _ => Reply::plain(200, "text/plain", "passthrough"),
+    })
+    .await;
+    let config = manifest_path("proxy.toml").to_str().expect("utf8").to_string();
+    let upstream = format!("http://{}", up.addr);
+    let p = tokio::task::spawn_blocking(move || {
+        Proc::start(&[
+            "--config",
+            &config,
+            "--upstream",
+            &upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+    })
+    .await
+    .expect("start");
+    assert_ne!(p.addr.port(), 8080);
+    assert_ne!(p.admin.port(), 9090);
+    let events = Events::new(get(&format!("http://{}/api/question/stream?question=x", p.addr), &[]).await)
+        .all()
+        .await;
+    assert_eq!(text_of(&events), "override");
+    assert_eq!(events.last().expect("events").event, "done");
+    let resp = get(&format!("http://{}/anything", p.addr), &[]).await;
+    assert_eq!(body_bytes(resp).await, "passthrough");
+    assert_eq!(up.requests(), 2);
+}
+
+/// Every key named `key` anywhere in `v`.
+fn find_key<'a>(v: &'a serde_json::Value, key: &str, out: &mut Vec<&'a serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == key {
+                    out.push(x);
+                }
+                find_key(x, key, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| find_key(x, key, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_stream_id() {
+    let up = MockUpstream::start(|_, _| Reply::sse(answer(&["a".into(), "b".into()], Duration::ZERO))).await;
+    let cfg = temp_config(up.addr);
+    let path = cfg.path().to_string();
+    let mut p =
+        tokio::task::spawn_blocking(move || Proc::start(&["--config", &path, "--log-format", "json"]))
+            .await
+            .expect("start");
+    let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
+    let id = resp.headers()["x-stream-id"].to_str().expect("ascii").to_string();
+    let events = Events::new(resp).all().await;
+    assert_eq!(text_of(&events), "ab");
+    p.sigterm();
+    let st = tokio::task::spawn_blocking(move || {
+        let st = p.wait_exit(Duration::from_secs(10));
+        (st, p)
+    })
+    .await
+    .expect("join");
+    let (st, p) = st;
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    // The stderr reader thread may lag the exit by a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let err = p.stderr();
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
+        .collect();
+    assert!(lines.len() >= 3, "{err}");
+    let stream_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| matches!(l["message"].as_str(), Some("stream started" | "stream finished")))
+        .collect();
+    assert_eq!(stream_lines.len(), 2, "{err}");
+    for l in stream_lines {
+        let mut ids = Vec::new();
+        find_key(l, "stream_id", &mut ids);
+        assert!(
+            ids.iter().any(|v| v.as_str() == Some(id.as_str())),
+            "no stream_id {id} in {l}"
+        );
+        assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_ends_long_streams_with_shutdown() {
+    let up = MockUpstream::start(|parts, _| {
+        let long = parts.uri.query() == Some("kind=long");
+        let (n, gap) = if long { (600, 100) } else { (6, 50) };
+        let tokens: Vec<String> = (0..n).map(|i| format!("t{i} ")).collect();
+        Reply::sse(answer(&tokens, Duration::from_millis(gap)))
+    })
+    .await;
+    let cfg = temp_config(up.addr);
+    let path = cfg.path().to_string();
+    let mut p = tokio::task::spawn_blocking(move || Proc::start(&["--config", &path]))
+        .await
+        .expect("start");
+    let mut long = Events::new(get(&format!("http://{}/stream?kind=long", p.addr), &[]).await);
+    assert_eq!(long.next().await.expect("thinking").event, "thinking");
+    assert_eq!(long.next().await.expect("first batch").event, "message");
+    let mut short = Events::new(get(&format!("http://{}/stream?kind=short", p.addr), &[]).await);
+    assert_eq!(short.next().await.expect("thinking").event, "thinking");
+
+    let t0 = Instant::now();
+    p.sigterm();
+    let short_task = tokio::spawn(async move { short.all().await });
+    let long_task = tokio::spawn(async move { long.all().await });
+
+    // New connections are refused once draining starts.
+    let mut refused = false;
+    while t0.elapsed() < Duration::from_millis(800) {
+        if tokio::net::TcpStream::connect(p.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the main listener still accepts connections after SIGTERM"
+    );
+    // The admin listener stays up while draining and says not ready.
+    let resp = get(&format!("http://{}/readyz", p.admin), &[]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "readyz checked after the grace; the test is too slow"
+    );
+
+    let short_events = tokio::time::timeout(WAIT, short_task)
+        .await
+        .expect("short in time")
+        .expect("join");
+    let last = short_events.last().expect("short events");
+    assert_eq!(last.event, "done", "{short_events:?}");
+    assert_eq!(
+        text_of(&short_events[..]),
+        (0..6).map(|i| format!("t{i} ")).collect::<String>()
+    );
+
+    let long_events = tokio::time::timeout(WAIT, long_task)
+        .await
+        .expect("long in time")
+        .expect("join");
+    let ended = t0.elapsed();
+    let last = long_events.last().expect("long events");
+    assert_eq!(last.event, "error", "{last:?}");
+    assert_eq!(last.json()["code"], "shutdown");
+    assert_eq!(last.json()["recoverable"], true);
+    assert!(
+        ended >= Duration::from_millis(900),
+        "ended {ended:?} after SIGTERM, before the 1 s grace"
+    );
+    assert!(!long_events.iter().any(|e| e.event == "done"));
+
+    let st = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(5)))
+        .await
+        .expect("join");
+    assert!(st.is_some_and(|s| s.success()), "exit status {st:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "exit took {:?}",
+        t0.elapsed()
+    );
+}

@@ -1,0 +1,255 @@
+//! `/metrics` is well-formed Prometheus text and has every metric the dashboards rely on.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Splits a sample line into (metric name, labels without `le`, `le`, value).
+fn parse_sample(line: &str) -> (String, String, Option<String>, f64) {
+    let (series, value) = line
+        .rsplit_once(' ')
+        .unwrap_or_else(|| panic!("sample without value: {line:?}"));
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+    };
+    let (name, labels) = match series.split_once('{') {
+        Some((n, rest)) => (
+            n,
+            rest.strip_suffix('}')
+                .unwrap_or_else(|| panic!("unclosed labels: {line:?}")),
+        ),
+        None => (series, ""),
+    };
+    assert!(
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+        "bad metric name in {line:?}"
+    );
+    let mut le = None;
+    let mut rest = Vec::new();
+    // Label values here never contain commas or quotes.
+    for pair in labels.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("unquoted label in {line:?}"));
+        if k == "le" {
+            le = Some(v.to_string());
+        } else {
+            rest.push(format!("{k}={v}"));
+        }
+    }
+    (name.to_string(), rest.join(","), le, value)
+}
+
+/// A small validator: every sample has a `# TYPE`; histograms have ascending `le` buckets ending
+/// in `+Inf`, non-decreasing counts, and `_sum` and `_count` (= the `+Inf` bucket).
+fn validate(text: &str) -> HashMap<String, String> {
+    let mut types: HashMap<String, String> = HashMap::new();
+    // histogram -> labels -> (buckets, sum, count)
+    type Series = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+    let mut hist: HashMap<String, BTreeMap<String, Series>> = HashMap::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').expect("TYPE line");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_string(), ty.to_string()).is_none(),
+                "duplicate TYPE: {line}"
+            );
+            continue;
+        }
+        if line.starts_with('#') {
+            assert!(line.starts_with("# HELP "), "unknown comment: {line}");
+            continue;
+        }
+        let (name, labels, le, value) = parse_sample(line);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s).filter(|base| {
+                    types
+                        .get(*base)
+                        .is_some_and(|t| t == "histogram" || t == "summary")
+                })
+            })
+            .unwrap_or(&name)
+            .to_string();
+        let ty = types
+            .get(&family)
+            .unwrap_or_else(|| panic!("no # TYPE before {line:?}"));
+        if ty == "counter" {
+            assert!(value >= 0.0, "negative counter: {line}");
+        }
+        if ty != "histogram" {
+            continue;
+        }
+        let series = hist.entry(family.clone()).or_default().entry(labels).or_default();
+        match name.strip_prefix(family.as_str()) {
+            Some("_bucket") => {
+                let le = le.unwrap_or_else(|| panic!("bucket without le: {line}"));
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or_else(|_| panic!("bad le: {line}"))
+                };
+                series.0.push((bound, value));
+            }
+            Some("_sum") => series.1 = Some(value),
+            Some("_count") => series.2 = Some(value),
+            _ => panic!("unexpected histogram sample: {line}"),
+        }
+    }
+    for (name, by_labels) in &hist {
+        for (labels, (buckets, sum, count)) in by_labels {
+            assert!(!buckets.is_empty(), "{name}{{{labels}}}: no buckets");
+            for w in buckets.windows(2) {
+                assert!(
+                    w[0].0 < w[1].0,
+                    "{name}{{{labels}}}: le not ascending: {buckets:?}"
+                );
+                assert!(
+                    w[0].1 <= w[1].1,
+                    "{name}{{{labels}}}: bucket counts decrease: {buckets:?}"
+                );
+            }
+            let last = buckets.last().expect("bucket");
+            assert!(last.0.is_infinite(), "{name}{{{labels}}}: no +Inf bucket");
+            assert!(sum.is_some(), "{name}{{{labels}}}: no _sum");
+            assert_eq!(
+                *count,
+                Some(last.1),
+                "{name}{{{labels}}}: _count differs from the +Inf bucket"
+            );
+        }
+    }
+    types
+}
+
+#[tokio::test]
+async fn metrics_are_well_formed_and_complete() {
+    let tokens: Vec<String> = (0..40).map(|i| format!("w{i} ")).collect();
+    let t2 = tokens.clone();
+    let up = MockUpstream::start(move |parts, _| match parts.uri.path() {
+        "/stream" if parts.uri.query() == Some("kind=abort") => {
+            Reply::sse(vec![tok("x"), Step::Sleep(ms(20)), Step::Abort])
+        }
+        "/stream" if parts.uri.query() == Some("kind=idle") => Reply::sse(vec![
+            tok("a"),
+            Step::Sleep(ms(700)),
+            tok("b"),
+            ev(Some("done"), "{}"),
+        ]),
+        "/stream" => Reply::sse(answer(&t2, ms(3))),
+        _ => Reply::plain(200, "text/plain", "ok"),
+    })
+    .await;
+    let p = proxy(up.addr, |c| c.heartbeat.interval.0 = ms(150)).await;
+    let base = format!("http://{}", p.addr);
+    let events = Events::new(get(&format!("{base}/stream?kind=ok"), &[]).await)
+        .all()
+        .await;
+    assert_eq!(text_of(&events), tokens.concat());
+    let events = Events::new(get(&format!("{base}/stream?kind=abort"), &[]).await)
+        .all()
+        .await;
+    assert_eq!(events.last().expect("events").json()["code"], "upstream_reset");
+    let mut idle = Events::new(get(&format!("{base}/stream?kind=idle"), &[]).await);
+    let events = idle.all().await;
+    assert_eq!(text_of(&events), "ab");
+    assert!(String::from_utf8_lossy(&idle.raw).contains(": heartbeat"));
+    assert_eq!(body_bytes(get(&format!("{base}/plain"), &[]).await).await, "ok");
+    // A connection held open while /metrics is read.
+    let _held = Events::new(get(&format!("{base}/stream?kind=idle"), &[]).await);
+
+    let text = metrics_text(p.admin).await;
+    let types = validate(&text);
+    let required = [
+        ("sse_proxy_connections_active", "gauge"),
+        ("sse_proxy_streams_active", "gauge"),
+        ("sse_proxy_streams_started_total", "counter"),
+        ("sse_proxy_streams_finished_total", "counter"),
+        ("sse_proxy_upstream_events_total", "counter"),
+        ("sse_proxy_downstream_events_total", "counter"),
+        ("sse_proxy_tokens_total", "counter"),
+        ("sse_proxy_heartbeats_total", "counter"),
+        ("sse_proxy_errors_total", "counter"),
+        ("sse_proxy_batch_tokens", "histogram"),
+        ("sse_proxy_time_to_first_token_seconds", "histogram"),
+        ("sse_proxy_stream_duration_seconds", "histogram"),
+        ("sse_proxy_stream_tokens_per_second", "histogram"),
+    ];
+    for (name, ty) in required {
+        assert_eq!(
+            types.get(name).map(String::as_str),
+            Some(ty),
+            "{name} missing or mistyped:\n{text}"
+        );
+    }
+    assert!(metric(&text, "sse_proxy_connections_active") >= 1.0, "{text}");
+    assert!(metric(&text, "sse_proxy_streams_started_total") >= 4.0, "{text}");
+    assert!(
+        metric(&text, "sse_proxy_streams_finished_total{outcome=\"completed\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sse_proxy_streams_finished_total{outcome=\"error\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sse_proxy_errors_total{code=\"upstream_reset\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "sse_proxy_heartbeats_total") >= 1.0, "{text}");
+    assert!(metric(&text, "sse_proxy_tokens_total") >= 43.0, "{text}");
+    assert!(
+        metric(&text, "sse_proxy_stream_tokens_per_second_count") >= 1.0,
+        "{text}"
+    );
+
+    match std::process::Command::new("promtool").arg("--version").output() {
+        Ok(o) if o.status.success() => {
+            use std::io::Write;
+            let mut child = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run promtool");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write metrics");
+            let out = child.wait_with_output().expect("promtool output");
+            assert!(
+                out.status.success(),
+                "promtool check metrics failed:\n{}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        _ => eprintln!("promtool not on PATH: only the built-in validator ran"),
+    }
+}

@@ -1,0 +1,590 @@
+//! Passthrough end to end against the mock upstream: bytes, queries, headers, big bodies, h2c,
+//! malformed requests, and the stream route's request-body handling.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sse_proxy::config::ModelSource;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn all_bytes(repeat: usize) -> Bytes {
+    let one: Vec<u8> = (0..=255u8).collect();
+    Bytes::from(one.repeat(repeat))
+}
+
+/// A mock that answers with the request body it received.
+async fn echo_mock() -> MockUpstream {
+    MockUpstream::start(|parts, body| Reply {
+        status: 201,
+        headers: vec![
+            ("content-type".into(), "application/octet-stream".into()),
+            ("x-method".into(), parts.method.to_string()),
+        ],
+        steps: vec![Step::Bytes(body.clone())],
+    })
+    .await
+}
+
+#[tokio::test]
+async fn binary_bodies_are_byte_exact_both_ways() {
+    let up = echo_mock().await;
+    let p = proxy(up.addr, |_| {}).await;
+    for (i, method) in ["GET", "POST", "PUT"].into_iter().enumerate() {
+        let body = all_bytes(1 + 40 * i);
+        let resp = send_bytes(
+            method,
+            &format!("http://{}/bin/{method}", p.addr),
+            &[],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(resp.status(), 201, "{method}");
+        assert_eq!(resp.headers()["x-method"], method);
+        assert_eq!(resp.headers()["content-type"], "application/octet-stream");
+        assert_eq!(body_bytes(resp).await, body, "{method}: response body");
+        let seen = up
+            .seen
+            .bodies
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("a body");
+        assert_eq!(seen, body, "{method}: request body");
+        let parts = up
+            .seen
+            .log
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|p| (p.method.clone(), p.uri.path().to_string()));
+        assert_eq!(
+            parts,
+            Some((method.parse().expect("method"), format!("/bin/{method}")))
+        );
+    }
+}
+
+#[tokio::test]
+async fn query_strings_are_preserved_exactly() {
+    let up = MockUpstream::start(|parts, _| match parts.uri.path() {
+        "/stream" => Reply::sse(vec![tok("x")]),
+        _ => Reply::plain(200, "text/plain", "ok"),
+    })
+    .await;
+    let p = proxy(up.addr, |_| {}).await;
+    let queries = [
+        "a=1&b=%20two%20&c=x+y&a=2&a=3",
+        "empty=&flag&&k=%2B%26%3D&utf=%E6%97%A5%E6%9C%AC&pct=%zz",
+        "q=hello%20world+again&sort=-date&tags[]=a&tags[]=b",
+    ];
+    for q in queries {
+        for path in ["/pt/q", "/stream"] {
+            let resp = get(&format!("http://{}{path}?{q}", p.addr), &[]).await;
+            assert_eq!(resp.status(), 200, "{path}?{q}");
+            let _ = body_bytes(resp).await;
+            let seen = up
+                .seen
+                .log
+                .lock()
+                .expect("lock")
+                .last()
+                .map(|p| p.uri.to_string());
+            assert_eq!(seen.as_deref(), Some(format!("{path}?{q}").as_str()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn headers_pass_and_hop_by_hop_are_removed_both_ways() {
+    let up = MockUpstream::start(|_, _| Reply {
+        status: 418,
+        headers: vec![
+            ("content-type".into(), "text/plain".into()),
+            ("x-custom-resp".into(), "resp-value".into()),
+            ("set-cookie".into(), "a=1".into()),
+            ("set-cookie".into(), "b=2".into()),
+            ("connection".into(), "x-resp-hop".into()),
+            ("x-resp-hop".into(), "secret".into()),
+            ("keep-alive".into(), "timeout=5".into()),
+            ("proxy-authenticate".into(), "Basic".into()),
+            ("upgrade".into(), "websocket".into()),
+        ],
+        steps: vec![Step::Bytes(Bytes::from_static(b"teapot"))],
+    })
+    .await;
+    let p = proxy(up.addr, |_| {}).await;
+    // Raw HTTP/1.1 so every header goes on the wire exactly as written.
+    let req = "GET /h?x=1 HTTP/1.1\r\n\
+               Host: app.example\r\n\
+               X-Custom: one\r\n\
+               X-Custom: two\r\n\
+               Authorization: Bearer t\r\n\
+               Connection: keep-alive, X-Hop\r\n\
+               X-Hop: must-go\r\n\
+               Keep-Alive: timeout=5\r\n\
+               TE: trailers\r\n\
+               Upgrade: websocket\r\n\
+               Proxy-Authorization: Basic eDp5\r\n\
+               X-Forwarded-For: 10.0.0.1\r\n\
+               \r\n";
+    let (head, body) = raw_exchange(p.addr, req.as_bytes()).await;
+    let head_l = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 418"), "{head}");
+    assert!(head_l.contains("\r\nx-custom-resp: resp-value\r\n"), "{head}");
+    assert!(
+        head_l.contains("\r\nset-cookie: a=1\r\n") && head_l.contains("\r\nset-cookie: b=2\r\n"),
+        "{head}"
+    );
+    for gone in ["x-resp-hop", "keep-alive", "proxy-authenticate", "upgrade"] {
+        assert!(
+            !head_l.contains(&format!("\r\n{gone}:")),
+            "{gone} leaked downstream: {head}"
+        );
+    }
+    assert!(!head_l.contains("x-resp-hop"), "{head}");
+    assert_eq!(body, b"teapot");
+
+    let parts = up
+        .seen
+        .log
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("request");
+    let h = &parts.headers;
+    let custom: Vec<_> = h
+        .get_all("x-custom")
+        .iter()
+        .map(|v| v.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(custom, ["one", "two"]);
+    assert_eq!(h["authorization"], "Bearer t");
+    for gone in ["x-hop", "keep-alive", "te", "upgrade", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} forwarded upstream: {h:?}");
+    }
+    // The proxy's own connection to the backend may say keep-alive, never the client's list.
+    if let Some(c) = h.get("connection") {
+        assert!(
+            !c.to_str().expect("ascii").to_ascii_lowercase().contains("x-hop"),
+            "{c:?}"
+        );
+    }
+    assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "app.example");
+    assert_eq!(h["host"], up.addr.to_string());
+}
+
+/// Writes a raw request, reads one response with a Content-Length or chunked body, returns (head, body).
+async fn raw_exchange(addr: SocketAddr, req: &[u8]) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(req).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+            let rest = buf[end + 4..].to_vec();
+            let lower = head.to_ascii_lowercase();
+            let body = if let Some(cl) = lower
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length:"))
+            {
+                let n: usize = cl.trim().parse().expect("content-length");
+                let mut rest = rest;
+                while rest.len() < n {
+                    let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                        .await
+                        .expect("in time")
+                        .expect("read");
+                    assert!(k > 0, "closed early");
+                    rest.extend_from_slice(&chunk[..k]);
+                }
+                rest[..n].to_vec()
+            } else {
+                let mut rest = rest;
+                while !rest.ends_with(b"0\r\n\r\n") {
+                    let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+                        .await
+                        .expect("in time")
+                        .expect("read");
+                    assert!(k > 0, "closed early");
+                    rest.extend_from_slice(&chunk[..k]);
+                }
+                dechunk(&rest)
+            };
+            return (head, body);
+        }
+        let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(
+            k > 0,
+            "closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).expect("ascii").trim(), 16).expect("hex");
+        b = &b[nl + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+type ChanBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body fed by a channel; it ends when the sender is dropped.
+fn rx_body(rx: mpsc::Receiver<Bytes>) -> ChanBody {
+    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<_, BoxError>(Frame::data(b)), rx))
+    });
+    StreamBody::new(s).boxed_unsync()
+}
+
+/// An upstream that streams its answer from a channel the test drives, and reports the request
+/// body's chunks as they arrive.
+async fn channel_upstream(
+    answer: mpsc::Receiver<Bytes>,
+    request_chunks: mpsc::UnboundedSender<usize>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let answer = std::sync::Mutex::new(Some(answer));
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (answer, chunks) = (answer.clone(), request_chunks.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (answer, chunks) = (answer.clone(), chunks.clone());
+                async move {
+                    let mut body = req.into_body();
+                    // Read the request body as it streams (it must not be buffered whole by the proxy).
+                    while let Some(Ok(f)) = body.frame().await {
+                        if let Ok(d) = f.into_data() {
+                            let _ = chunks.send(d.len());
+                        }
+                    }
+                    let _ = chunks.send(0);
+                    let rx = answer.lock().expect("lock").take().expect("one request");
+                    Ok::<_, Infallible>(Response::new(rx_body(rx)))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn large_bodies_stream_without_being_buffered() {
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 20;
+    let (answer_tx, answer_rx) = mpsc::channel::<Bytes>(1);
+    let (req_tx, mut req_rx) = mpsc::unbounded_channel::<usize>();
+    let up = channel_upstream(answer_rx, req_tx).await;
+    let p = proxy(up, |_| {}).await;
+
+    // Upload 20 MiB: the upstream sees the first MiB before the client has sent the second.
+    let (body_tx, body_rx) = mpsc::channel::<Bytes>(1);
+    let req_body = rx_body(body_rx);
+    let req = Request::post(format!("http://{}/big", p.addr))
+        .body(req_body)
+        .expect("request");
+    let client: Client<_, ChanBody> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::spawn(async move { client.request(req).await });
+    let pattern = |i: usize| Bytes::from(vec![(i % 251) as u8; CHUNK]);
+    body_tx.send(pattern(0)).await.expect("send first chunk");
+    let mut got = 0usize;
+    while got < CHUNK {
+        let n = tokio::time::timeout(WAIT, req_rx.recv())
+            .await
+            .expect("upstream saw the first MiB in time");
+        got += n.expect("chunk");
+    }
+    for i in 1..CHUNKS {
+        body_tx.send(pattern(i)).await.expect("send chunk");
+    }
+    drop(body_tx);
+    loop {
+        match tokio::time::timeout(WAIT, req_rx.recv())
+            .await
+            .expect("upload in time")
+        {
+            Some(0) | None => break,
+            Some(n) => got += n,
+        }
+    }
+    assert_eq!(got, CHUNK * CHUNKS);
+
+    // Download 20 MiB: the client sees the first chunk before the upstream has produced the last.
+    answer_tx.send(pattern(0)).await.expect("first answer chunk");
+    let resp = tokio::time::timeout(WAIT, resp)
+        .await
+        .expect("response in time")
+        .expect("join")
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut received = Vec::with_capacity(CHUNK * CHUNKS);
+    while received.len() < CHUNK {
+        let f = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("first chunk in time");
+        let d = f.expect("frame").expect("data").into_data().expect("data frame");
+        received.extend_from_slice(&d);
+    }
+    let sender = tokio::spawn(async move {
+        for i in 1..CHUNKS {
+            answer_tx.send(pattern(i)).await.expect("answer chunk");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    received.extend_from_slice(&rest);
+    sender.await.expect("sender");
+    assert_eq!(received.len(), CHUNK * CHUNKS);
+    for (i, c) in received.chunks(CHUNK).enumerate() {
+        assert!(c.iter().all(|&b| b == (i % 251) as u8), "chunk {i} corrupted");
+    }
+}
+
+fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_passthrough_and_stream() {
+    let tokens = tricky_tokens(40);
+    let t2 = tokens.clone();
+    let up = MockUpstream::start(move |parts, body| match parts.uri.path() {
+        "/stream" => Reply::sse(answer(&t2, Duration::from_millis(1))),
+        _ => Reply {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "application/octet-stream".into()),
+                ("connection".into(), "keep-alive".into()),
+                ("keep-alive".into(), "timeout=5".into()),
+                ("x-up".into(), "1".into()),
+            ],
+            steps: vec![Step::Bytes(body.clone())],
+        },
+    })
+    .await;
+    let p = proxy(up.addr, |_| {}).await;
+    let client = h2_client();
+    let body = all_bytes(8);
+    let req = Request::post(format!("http://{}/h2/echo?a=%20b", p.addr))
+        .header("x-custom", "h2")
+        .body(Full::new(body.clone()))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("in time")
+        .expect("h2 response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-up"], "1");
+    assert_eq!(body_bytes(resp).await, body);
+    let parts = up
+        .seen
+        .log
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("request");
+    assert_eq!(parts.uri.to_string(), "/h2/echo?a=%20b");
+    assert_eq!(parts.headers["x-custom"], "h2");
+    assert_eq!(parts.headers["x-forwarded-host"], p.addr.to_string());
+    assert_eq!(up.seen.bodies.lock().expect("lock").last(), Some(&body));
+
+    let req = Request::get(format!("http://{}/stream?q=h2", p.addr))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("in time")
+        .expect("h2 response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = Events::new(resp).all().await;
+    assert_gapless(&events, 1);
+    assert_eq!(text_of(&events), tokens.concat());
+    assert_eq!(events.last().expect("events").event, "done");
+}
+
+/// Sends raw bytes and returns what came back before the connection closed (or 3 s passed).
+async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The proxy may answer and close before reading everything: a failed write is fine.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn malformed_requests_get_errors_and_the_proxy_survives() {
+    let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "fine")).await;
+    let p = proxy(up.addr, |_| {}).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("bad version", b"GET / HTTP/9\r\n\r\n".to_vec()),
+        ("bad version, no end", b"GET / HTTP/9\r\n".to_vec()),
+        (
+            "header without colon",
+            b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n".to_vec(),
+        ),
+        ("100 KB header", big.into_bytes()),
+        ("binary garbage", (0..=255u8).cycle().take(2000).collect()),
+        ("bad method", b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let before = up.requests();
+        let out = raw_send(p.addr, &bytes).await;
+        let text = String::from_utf8_lossy(&out);
+        if !out.is_empty() {
+            let status: u16 = text
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|r| r.get(..3))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: not an HTTP response: {text:?}"));
+            assert!((400..500).contains(&status), "{name}: status {status}");
+            if name == "100 KB header" {
+                assert_eq!(status, 431, "{name}");
+            }
+        }
+        assert_eq!(
+            up.requests(),
+            before,
+            "{name}: a malformed request reached the upstream"
+        );
+        // The proxy still serves.
+        let resp = get(&format!("http://{}/after", p.addr), &[]).await;
+        assert_eq!(resp.status(), 200, "after {name}");
+        assert_eq!(body_bytes(resp).await, "fine");
+    }
+}
+
+#[tokio::test]
+async fn stream_route_body_over_the_limit_is_413_json() {
+    let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("a")])).await;
+    let p = proxy(up.addr, |c| c.upstream.max_request_body.0 = 1024).await;
+    let body = "x".repeat(64 * 1024);
+    let resp = send(
+        "POST",
+        &format!("http://{}/stream", p.addr),
+        &[("content-type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).expect("json");
+    assert_eq!(v["error"], "body_too_large");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(up.requests(), 0);
+    // Under the limit is fine, and the slot of the refused stream was released.
+    let resp = send(
+        "POST",
+        &format!("http://{}/stream", p.addr),
+        &[],
+        &"y".repeat(1000),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let events = Events::new(resp).all().await;
+    assert_eq!(text_of(&events), "a");
+    assert_eq!(
+        up.seen.bodies.lock().expect("lock").last().map(|b| b.len()),
+        Some(1000)
+    );
+}
+
+#[tokio::test]
+async fn model_from_body_pointer_picks_the_model() {
+    let steps = vec![tok("a"), Step::Sleep(Duration::from_secs(30)), tok("b")];
+    let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
+    let p = proxy(up.addr, |c| {
+        c.streams[0].model_from = Some(ModelSource::Body("/model".into()))
+    })
+    .await;
+    let body = r#"{"model": "llama3-8b", "question": "hi"}"#;
+    let resp = send(
+        "POST",
+        &format!("http://{}/stream?model=from-query", p.addr),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-stream-id"].to_str().expect("ascii").to_string();
+    let mut evs = Events::new(resp);
+    assert_eq!(evs.next().await.expect("first").json()["content"], "a");
+    let v: serde_json::Value =
+        serde_json::from_slice(&body_bytes(get(&format!("http://{}/streams", p.admin), &[]).await).await)
+            .expect("json");
+    let s = v["streams"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .cloned()
+        .expect("stream listed");
+    assert_eq!(s["model"], "llama3-8b");
+    assert_eq!(
+        up.seen.bodies.lock().expect("lock").last().map(|b| b.to_vec()),
+        Some(body.as_bytes().to_vec())
+    );
+}
