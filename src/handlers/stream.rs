@@ -202,10 +202,17 @@ pub fn event_stream_response(
     resp
 }
 
-/// A 429 with `Retry-After`.
+/// A 429 with `Retry-After`; `reason` is the limit reached (metric label). The error code is
+/// `too_many_streams` for the stream limits (the wire contract) and `too_many_followers` for
+/// `max_followers`.
 pub fn too_many(app: &App, reason: &'static str, message: &str) -> Response<ProxyBody> {
     metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
-    let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, reason, message);
+    let code = if reason == "max_followers" {
+        "too_many_followers"
+    } else {
+        "too_many_streams"
+    };
+    let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, code, message);
     let secs = app.cfg.limits.retry_after.0.as_secs().max(1);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -45,10 +45,11 @@ struct Inner {
 }
 
 impl Inner {
-    /// Drops the oldest frames until at most `max` bytes are held, keeping the newest; returns bytes freed.
-    fn drop_oldest(&mut self, max: usize) -> usize {
+    /// Drops the oldest frames until at most `max` bytes are held, keeping at least the newest `keep`;
+    /// returns bytes freed.
+    fn drop_oldest(&mut self, max: usize, keep: usize) -> usize {
         let mut freed = 0;
-        while self.bytes > max && self.frames.len() > 1 {
+        while self.bytes > max && self.frames.len() > keep {
             if let Some(old) = self.frames.pop_front() {
                 self.first += 1;
                 self.bytes -= old.len() + ENTRY_OVERHEAD;
@@ -112,7 +113,7 @@ impl StreamLog for MemoryLog {
         let size = frame.len() + ENTRY_OVERHEAD;
         inner.frames.push_back(frame);
         inner.bytes += size;
-        let freed = inner.drop_oldest(self.max_bytes);
+        let freed = inner.drop_oldest(self.max_bytes, 1);
         drop(inner);
         self.budget.add(size);
         self.budget.sub(freed);
@@ -182,7 +183,9 @@ impl StreamLog for MemoryLog {
     }
 
     fn shrink_to(&self, max_bytes: usize) {
-        let freed = self.lock().drop_oldest(max_bytes);
+        // The total budget is a hard bound: under pressure even the newest event goes (a follower
+        // that has read it goes on; one that has not gets `evicted`).
+        let freed = self.lock().drop_oldest(max_bytes, 0);
         self.budget.sub(freed);
         self.notify.send_replace(());
     }
@@ -285,6 +288,25 @@ mod tests {
         log.clear();
         assert_eq!(budget.held(), 0);
         assert_eq!(log.read_after(99, 100), Read::Gone);
+    }
+
+    #[test]
+    fn shrink_may_drop_every_event_keeping_positions() {
+        let (log, budget) = log(1 << 20);
+        for _ in 0..5 {
+            log.append(None, "x");
+        }
+        log.shrink_to(0);
+        assert_eq!((log.bytes(), budget.held()), (0, 0));
+        assert_eq!((log.first_seq(), log.last_seq()), (6, 5));
+        assert_eq!(
+            log.read_after(5, 100),
+            Read::Pending,
+            "a caught-up reader goes on"
+        );
+        assert_eq!(log.read_after(4, 100), Read::Gone, "a reader behind was evicted");
+        assert_eq!(log.append(None, "y"), 6);
+        assert!(matches!(log.read_after(5, 100), Read::Data { last: 6, .. }));
     }
 
     #[test]

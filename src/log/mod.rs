@@ -50,7 +50,8 @@ pub trait StreamLog: Send + Sync + 'static {
     fn is_closed(&self) -> bool;
     /// Drops every event (eviction); readers get `Gone`.
     fn clear(&self);
-    /// Drops the oldest events until at most `max_bytes` are held (the newest event is always kept).
+    /// Drops the oldest events until at most `max_bytes` are held (all of them if need be: the total
+    /// memory bound wins over keeping a running stream's newest event). Seqs stay as they were.
     fn shrink_to(&self, max_bytes: usize);
 }
 
