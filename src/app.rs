@@ -47,10 +47,6 @@ impl App {
             cfg.resume.max_total_bytes.bytes(),
             cfg.resume.retention.0,
         ));
-        let detach_grace = match cfg.resume.on_disconnect {
-            crate::config::OnDisconnect::Continue => cfg.resume.detach_grace.0,
-            crate::config::OnDisconnect::Cancel => std::time::Duration::ZERO,
-        };
         let reader = Arc::new(ReaderSettings {
             batching: batcher::Limits {
                 max_delay: cfg.batching.max_delay.0,
@@ -60,7 +56,8 @@ impl App {
             },
             idle_timeout: cfg.upstream.idle_timeout.0,
             max_event_bytes: cfg.upstream.max_event_bytes.bytes(),
-            detach_grace,
+            detach_grace: cfg.resume.detach_grace.0,
+            cancel_on_disconnect: cfg.resume.on_disconnect == crate::config::OnDisconnect::Cancel,
             shutdown_grace: cfg.server.shutdown_grace.0,
             progress: learner
                 .clone()

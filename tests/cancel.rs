@@ -220,6 +220,13 @@ async fn on_disconnect_cancel_closes_the_upstream_when_the_last_client_leaves() 
         up.wait_closed(1, ms(2000)).await,
         "the upstream was closed when the last client left"
     );
-    assert!(matches!(stream.state(), State::Finished(..)));
+    assert!(wait_for(ms(2000), || stream.state() != State::Running).await);
+    assert!(matches!(stream.state(), State::Finished(Outcome::Cancelled, _)));
     assert_eq!(up.requests(), 1);
+    // The partial answer stays resumable and ends like a Stop.
+    let resp = get(&format!("http://{}/stream", p.addr), &[("last-event-id", &format!("{sid}:0"))]).await;
+    let events = Events::new(resp).all().await;
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "done");
+    assert_eq!(last.json()["cancelled"], true);
 }

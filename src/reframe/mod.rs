@@ -53,8 +53,10 @@ pub struct ReaderSettings {
     pub idle_timeout: Duration,
     /// Largest upstream event.
     pub max_event_bytes: usize,
-    /// How long a stream with no follower keeps reading (zero: cancel at once).
+    /// How long a stream with no follower keeps reading.
     pub detach_grace: Duration,
+    /// `resume.on_disconnect = "cancel"`: the last follower leaving is a Stop, not a detach.
+    pub cancel_on_disconnect: bool,
     /// Time allowed after shutdown starts.
     pub shutdown_grace: Duration,
     /// Progress settings, when enabled.
@@ -202,6 +204,9 @@ where
         let stream = self.stream.clone();
         loop {
             let detach_at = detached_since.map(|t| t + self.settings.detach_grace);
+            if detached_since.is_some() && self.settings.cancel_on_disconnect {
+                return End::Cancelled;
+            }
             let batch_at = self.batcher.deadline();
             tokio::select! {
                 biased;
