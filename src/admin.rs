@@ -30,16 +30,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, metrics: PrometheusHand
     });
     let builder = crate::server::builder(Duration::from_secs(10));
     loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, _)) = crate::server::accept(&listener, &stop).await else {
+            return;
         };
         let app = app.clone();
         let metrics = metrics.clone();

@@ -130,9 +130,8 @@ pub async fn start_backend(stop: CancellationToken) -> std::io::Result<SocketAdd
     tokio::spawn(async move {
         let builder = crate::server::builder(Duration::from_secs(10));
         loop {
-            let tcp = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+            let Some((tcp, _)) = crate::server::accept(&listener, &stop).await else {
+                return;
             };
             let conn = builder
                 .serve_connection(

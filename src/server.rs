@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -172,6 +172,23 @@ pub fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The next connection, or `None` once `stop` fires. Accept errors (out of file descriptors and
+/// the like) are logged and retried after a short pause instead of spinning.
+pub async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 async fn serve_main(listener: TcpListener, app: Arc<App>) {
     let shutdown = app.shutdown.clone();
     let builder = builder(app.cfg.server.header_read_timeout.0);
@@ -182,17 +199,8 @@ async fn serve_main(listener: TcpListener, app: Arc<App>) {
             _ = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, peer)) = accept(&listener, &shutdown).await else {
+            break;
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();

@@ -224,7 +224,11 @@ async fn on_disconnect_cancel_closes_the_upstream_when_the_last_client_leaves() 
     assert!(matches!(stream.state(), State::Finished(Outcome::Cancelled, _)));
     assert_eq!(up.requests(), 1);
     // The partial answer stays resumable and ends like a Stop.
-    let resp = get(&format!("http://{}/stream", p.addr), &[("last-event-id", &format!("{sid}:0"))]).await;
+    let resp = get(
+        &format!("http://{}/stream", p.addr),
+        &[("last-event-id", &format!("{sid}:0"))],
+    )
+    .await;
     let events = Events::new(resp).all().await;
     let last = events.last().expect("events");
     assert_eq!(last.event, "done");

@@ -56,22 +56,9 @@ async fn binary_bodies_are_byte_exact_both_ways() {
         assert_eq!(resp.headers()["x-method"], method);
         assert_eq!(resp.headers()["content-type"], "application/octet-stream");
         assert_eq!(body_bytes(resp).await, body, "{method}: response body");
-        let seen = up
-            .seen
-            .bodies
-            .lock()
-            .expect("lock")
-            .last()
-            .cloned()
-            .expect("a body");
+        let seen = up.last_body();
         assert_eq!(seen, body, "{method}: request body");
-        let parts = up
-            .seen
-            .log
-            .lock()
-            .expect("lock")
-            .last()
-            .map(|p| (p.method.clone(), p.uri.path().to_string()));
+        let parts = Some(up.last_request()).map(|p| (p.method.clone(), p.uri.path().to_string()));
         assert_eq!(
             parts,
             Some((method.parse().expect("method"), format!("/bin/{method}")))
@@ -97,13 +84,7 @@ async fn query_strings_are_preserved_exactly() {
             let resp = get(&format!("http://{}{path}?{q}", p.addr), &[]).await;
             assert_eq!(resp.status(), 200, "{path}?{q}");
             let _ = body_bytes(resp).await;
-            let seen = up
-                .seen
-                .log
-                .lock()
-                .expect("lock")
-                .last()
-                .map(|p| p.uri.to_string());
+            let seen = Some(up.last_request()).map(|p| p.uri.to_string());
             assert_eq!(seen.as_deref(), Some(format!("{path}?{q}").as_str()));
         }
     }
@@ -159,14 +140,7 @@ async fn headers_pass_and_hop_by_hop_are_removed_both_ways() {
     assert!(!head_l.contains("x-resp-hop"), "{head}");
     assert_eq!(body, b"teapot");
 
-    let parts = up
-        .seen
-        .log
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("request");
+    let parts = up.last_request();
     let h = &parts.headers;
     let custom: Vec<_> = h
         .get_all("x-custom")
@@ -425,14 +399,7 @@ async fn h2c_prior_knowledge_passthrough_and_stream() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-up"], "1");
     assert_eq!(body_bytes(resp).await, body);
-    let parts = up
-        .seen
-        .log
-        .lock()
-        .expect("lock")
-        .last()
-        .cloned()
-        .expect("request");
+    let parts = up.last_request();
     assert_eq!(parts.uri.to_string(), "/h2/echo?a=%20b");
     assert_eq!(parts.headers["x-custom"], "h2");
     assert_eq!(parts.headers["x-forwarded-host"], p.addr.to_string());

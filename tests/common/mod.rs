@@ -220,6 +220,28 @@ impl MockUpstream {
         MockUpstream { addr, seen, stop }
     }
 
+    /// The last request line and headers received.
+    pub fn last_request(&self) -> http::request::Parts {
+        self.seen
+            .log
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("a request was received")
+    }
+
+    /// The last request body received.
+    pub fn last_body(&self) -> Bytes {
+        self.seen
+            .bodies
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("a request was received")
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
