@@ -3,7 +3,7 @@
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::ids::StreamId;
-use crate::stream::State;
+use crate::stream::{Outcome, State};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -26,7 +26,9 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Response<P
         (&Method::POST, "/client-metrics") if app.cfg.client_metrics.enabled => {
             super::client_metrics::handle(app, req).await
         }
-        (&Method::POST, r) if cancel_id(r).is_some() => cancel(app, cancel_id(r).unwrap_or_default(), &req),
+        (&Method::POST, r) if cancel_id(r).is_some() => {
+            cancel(app, cancel_id(r).unwrap_or_default(), &req).await
+        }
         _ => http_util::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
 }
@@ -45,8 +47,11 @@ fn cancel_id(rest: &str) -> Option<&str> {
     rest.strip_prefix("/streams/")?.strip_suffix("/cancel")
 }
 
+/// Longest a cancel waits for the reader to confirm the stream ended.
+const CANCEL_CONFIRM: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Owner-only Stop: 202 cancelled, 409 already finished, 404 unknown or not yours (one body).
-fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
+async fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
     let not_found = || http_util::error(StatusCode::NOT_FOUND, "stream_not_found", "no such stream");
     let Some(stream) = StreamId::parse(id).and_then(|id| app.registry.get(&id)) else {
         return not_found();
@@ -57,26 +62,28 @@ fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
     {
         return not_found();
     }
-    if let State::Finished(outcome, _) = stream.state() {
-        return http_util::json(
+    let requested = stream.cancel();
+    // The reader may have finished the answer just before the cancel reached it: report what
+    // actually happened, not what was asked.
+    let state = match tokio::time::timeout(CANCEL_CONFIRM, stream.finished()).await {
+        Ok(state) => state,
+        Err(_) => stream.state(),
+    };
+    match state {
+        State::Finished(outcome, _) if !requested || outcome != Outcome::Cancelled => http_util::json(
             StatusCode::CONFLICT,
             &serde_json::json!({
                 "error": "stream_finished",
                 "message": "the stream has already finished",
                 "outcome": outcome.as_str(),
             }),
-        );
+        ),
+        _ => {
+            tracing::info!(stream_id = %stream.id, "stream cancelled by its owner");
+            http_util::json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "stream_id": stream.id.to_string(), "cancelled": true, "tokens": stream.tokens() }),
+            )
+        }
     }
-    if !stream.cancel() {
-        return http_util::error(
-            StatusCode::CONFLICT,
-            "stream_finished",
-            "the stream has already finished",
-        );
-    }
-    tracing::info!(stream_id = %stream.id, "stream cancelled by its owner");
-    http_util::json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({ "stream_id": stream.id.to_string(), "cancelled": true, "tokens": stream.tokens() }),
-    )
 }

@@ -8,7 +8,7 @@ use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::StreamLog;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,7 @@ pub struct Stream {
     pub started: Instant,
     followers: watch::Sender<usize>,
     tokens: AtomicU64,
-    state: Mutex<State>,
+    state: watch::Sender<State>,
     cancel: CancellationToken,
 }
 
@@ -88,7 +88,7 @@ impl Stream {
             started: Instant::now(),
             followers: watch::Sender::new(0),
             tokens: AtomicU64::new(0),
-            state: Mutex::new(State::Running),
+            state: watch::Sender::new(State::Running),
             cancel: CancellationToken::new(),
         }
     }
@@ -128,15 +128,18 @@ impl Stream {
 
     /// Current state.
     pub fn state(&self) -> State {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+        *self.state.borrow()
     }
 
     /// Marks the stream finished (once; later calls keep the first outcome).
     pub fn finish(&self, outcome: Outcome) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if *s == State::Running {
-            *s = State::Finished(outcome, Instant::now());
-        }
+        self.state.send_if_modified(|s| {
+            let running = *s == State::Running;
+            if running {
+                *s = State::Finished(outcome, Instant::now());
+            }
+            running
+        });
     }
 
     /// Asks the upstream task to stop generating (explicit cancel). Returns false if already finished.
@@ -146,6 +149,14 @@ impl Stream {
         }
         self.cancel.cancel();
         true
+    }
+
+    /// Waits until the stream has finished and returns its final state.
+    pub async fn finished(&self) -> State {
+        let mut rx = self.state.subscribe();
+        // The sender lives as long as `self`, so this only returns once the state changed.
+        let state = rx.wait_for(|s| *s != State::Running).await.map(|s| *s);
+        state.unwrap_or_else(|_| self.state())
     }
 
     /// Resolves when `cancel` is called.
