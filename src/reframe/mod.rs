@@ -121,6 +121,25 @@ pub fn error_data(code: &str, message: &str, recoverable: bool) -> String {
     serde_json::json!({ "code": code, "message": message, "recoverable": recoverable }).to_string()
 }
 
+/// Metric handles used per event, resolved once per stream instead of once per token.
+struct HotMetrics {
+    upstream_events: metrics::Counter,
+    downstream_events: metrics::Counter,
+    tokens: metrics::Counter,
+    batch_tokens: metrics::Histogram,
+}
+
+impl HotMetrics {
+    fn new() -> Self {
+        HotMetrics {
+            upstream_events: metrics::counter!(m::UPSTREAM_EVENTS),
+            downstream_events: metrics::counter!(m::DOWNSTREAM_EVENTS),
+            tokens: metrics::counter!(m::TOKENS),
+            batch_tokens: metrics::histogram!(m::BATCH_TOKENS),
+        }
+    }
+}
+
 /// Reads one stream's upstream into its log.
 pub struct Reader<B> {
     stream: Arc<Stream>,
@@ -135,6 +154,7 @@ pub struct Reader<B> {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     tokens: u64,
+    metrics: HotMetrics,
     _slot: Slot,
 }
 
@@ -176,6 +196,7 @@ where
             first_token: None,
             last_token: None,
             tokens: 0,
+            metrics: HotMetrics::new(),
             _slot: slot,
         }
     }
@@ -266,7 +287,7 @@ where
     }
 
     fn on_event(&mut self, ev: Event) -> Option<End> {
-        m::counter_inc(m::UPSTREAM_EVENTS);
+        self.metrics.upstream_events.increment(1);
         let now = Instant::now();
         let name = ev.event.as_str();
         if name == self.route.token_event {
@@ -292,7 +313,7 @@ where
     fn append(&self, event: Option<&str>, data: &str) {
         let event = event.filter(|e| *e != "message");
         self.stream.log.append(event, data);
-        m::counter_inc(m::DOWNSTREAM_EVENTS);
+        self.metrics.downstream_events.increment(1);
         self.registry.enforce_budget();
     }
 
@@ -310,8 +331,8 @@ where
         self.append(None, &token::batch_json(&batch.text, batch.tokens));
         self.tokens += n;
         self.stream.add_tokens(n);
-        metrics::counter!(m::TOKENS).increment(n);
-        metrics::histogram!(m::BATCH_TOKENS).record(batch.tokens as f64);
+        self.metrics.tokens.increment(n);
+        self.metrics.batch_tokens.record(batch.tokens as f64);
         if let Some(p) = self.progress.as_mut() {
             p.on_tokens(n, now);
             if p.due(now) {

@@ -182,11 +182,13 @@ impl Registry {
     }
 
     /// Evicts until all logs fit `max_total_bytes`: finished streams first (oldest first), then the
-    /// oldest events of the largest running logs.
+    /// oldest events of the largest running logs. It evicts down to a low-water mark 10% below the
+    /// limit, so a proxy at its limit does not sort every stream on every appended event.
     pub fn enforce_budget(&self) {
         if self.budget.held() <= self.max_total_bytes {
             return;
         }
+        let target = self.max_total_bytes - self.max_total_bytes / 10;
         let mut inner = self.lock();
         let mut finished: Vec<(Instant, StreamId)> = inner
             .streams
@@ -198,7 +200,7 @@ impl Registry {
             .collect();
         finished.sort();
         for (_, id) in finished {
-            if self.budget.held() <= self.max_total_bytes {
+            if self.budget.held() <= target {
                 return;
             }
             if let Some(s) = inner.streams.remove(&id) {
@@ -211,10 +213,10 @@ impl Registry {
         running.sort_by_key(|s| std::cmp::Reverse(s.log.bytes()));
         for s in running {
             let held = self.budget.held();
-            if held <= self.max_total_bytes {
+            if held <= target {
                 return;
             }
-            let excess = held - self.max_total_bytes;
+            let excess = held - target;
             s.log.shrink_to(s.log.bytes().saturating_sub(excess));
             metrics::counter!(crate::metrics::EVICTIONS, "kind" => "running").increment(1);
         }
@@ -339,7 +341,11 @@ mod tests {
         old.finish(Outcome::Completed);
         young.finish(Outcome::Completed);
         r.enforce_budget();
-        assert!(r.budget().held() <= 10_000, "{}", r.budget().held());
+        assert!(
+            r.budget().held() <= 9_000,
+            "evicted to the low-water mark: {}",
+            r.budget().held()
+        );
         assert!(r.get(&old.id).is_none(), "oldest finished evicted first");
         for _ in 0..200 {
             running.log.append(None, &"y".repeat(100));
