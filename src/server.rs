@@ -208,7 +208,9 @@ async fn serve_main(listener: TcpListener, app: Arc<App>) {
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
