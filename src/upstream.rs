@@ -129,7 +129,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites a client's request headers for the backend: hop-by-hop removed, `Host` left to the
-/// client (the backend's authority), `X-Forwarded-*` added.
+/// client (the backend's authority), the peer appended to `X-Forwarded-For`, and
+/// `X-Forwarded-Proto`/`-Host` added unless a proxy in front already set them.
 pub fn forward_headers(headers: &mut HeaderMap, host: Option<HeaderValue>, peer: SocketAddr) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
@@ -141,8 +142,11 @@ pub fn forward_headers(headers: &mut HeaderMap, host: Option<HeaderValue>, peer:
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(h) = host {
+    // A TLS terminator in front of the proxy has already said what the client used: keep its word.
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let (false, Some(h)) = (headers.contains_key("x-forwarded-host"), host) {
         headers.insert("x-forwarded-host", h);
     }
 }
@@ -190,6 +194,16 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example");
         assert!(h.get("host").is_none());
+        let mut behind_tls = HeaderMap::new();
+        behind_tls.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        behind_tls.insert("x-forwarded-host", HeaderValue::from_static("chat.example"));
+        forward_headers(
+            &mut behind_tls,
+            Some(HeaderValue::from_static("internal:8080")),
+            "127.0.0.1:1".parse().expect("addr"),
+        );
+        assert_eq!(behind_tls["x-forwarded-proto"], "https");
+        assert_eq!(behind_tls["x-forwarded-host"], "chat.example");
     }
 
     #[test]
