@@ -129,6 +129,7 @@ impl StreamLog for MemoryLog {
     fn read_after(&self, after: u64, max_bytes: usize) -> Read {
         let inner = self.lock();
         let next = Self::next_seq(&inner);
+        // Once `after < next` holds, `after + 1` cannot overflow.
         if after >= next || after + 1 < inner.first {
             // Past the end is a forged position; before the start was evicted.
             return Read::Gone;
@@ -285,6 +286,7 @@ mod tests {
             Read::Data { .. }
         ));
         assert_eq!(log.read_after(101, 100), Read::Gone, "forged future seq");
+        assert_eq!(log.read_after(u64::MAX, 100), Read::Gone);
         log.clear();
         assert_eq!(budget.held(), 0);
         assert_eq!(log.read_after(99, 100), Read::Gone);
