@@ -138,6 +138,8 @@ export interface SseClientOptions {
     watchdogMultiplier?: number;
     /** POST a summary to `/_sse-proxy/client-metrics` when the stream ends (default false). */
     reportMetrics?: boolean;
+    /** The proxy's `server.route_prefix` (default `/_sse-proxy`), for cancel and metrics requests. */
+    routePrefix?: string;
     /** fetch implementation (default the global one). */
     fetch?: typeof fetch;
 }
@@ -221,6 +223,8 @@ export declare class SseClient {
     private running;
     /** Creates a client for `url` (absolute, or relative to the page in a browser). */
     constructor(url: string, options?: SseClientOptions);
+    /** The proxy's own route prefix, without a trailing slash. */
+    private readonly routePrefix;
     /** Subscribes to an event; returns the unsubscribe function. */
     on<K extends keyof SseClientEvents>(name: K, listener: SseListener<K>): () => void;
     /** Snapshot of the statistics. */

@@ -211,7 +211,10 @@ export class SseClient {
         this.url = url;
         this.options = options;
         this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+        this.routePrefix = (options.routePrefix ?? '/_sse-proxy').replace(/\/+$/, '');
     }
+    /** The proxy's own route prefix, without a trailing slash. */
+    routePrefix;
     /** Subscribes to an event; returns the unsubscribe function. */
     on(name, listener) {
         let set = this.listeners.get(name);
@@ -240,7 +243,7 @@ export class SseClient {
             return false;
         let cancelled = false;
         if (this.streamId !== null) {
-            const url = proxyUrl(this.url, `/_sse-proxy/streams/${encodeURIComponent(this.streamId)}/cancel`);
+            const url = proxyUrl(this.url, `${this.routePrefix}/streams/${encodeURIComponent(this.streamId)}/cancel`);
             try {
                 const res = await this.fetchImpl(url, { method: 'POST', headers: this.options.headers });
                 cancelled = res.status === 202;
@@ -439,7 +442,7 @@ export class SseClient {
             outcome: result.outcome,
         };
         try {
-            const res = await this.fetchImpl(proxyUrl(this.url, '/_sse-proxy/client-metrics'), {
+            const res = await this.fetchImpl(proxyUrl(this.url, `${this.routePrefix}/client-metrics`), {
                 method: 'POST',
                 headers: { 'Content-Type': 'application/json' },
                 body: JSON.stringify(metrics),

@@ -39,6 +39,7 @@ export function useEnhancedStreaming(options = {}) {
             backoff: options.backoff,
             heartbeatIntervalMs: options.heartbeatIntervalMs,
             reportMetrics: options.reportMetrics,
+            routePrefix: options.routePrefix,
         });
         client = current;
         streamContent.value = '';

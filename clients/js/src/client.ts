@@ -39,6 +39,8 @@ export interface SseClientOptions {
   watchdogMultiplier?: number;
   /** POST a summary to `/_sse-proxy/client-metrics` when the stream ends (default false). */
   reportMetrics?: boolean;
+  /** The proxy's `server.route_prefix` (default `/_sse-proxy`), for cancel and metrics requests. */
+  routePrefix?: string;
   /** fetch implementation (default the global one). */
   fetch?: typeof fetch;
 }
@@ -144,7 +146,11 @@ export class SseClient {
   /** Creates a client for `url` (absolute, or relative to the page in a browser). */
   constructor(readonly url: string, private readonly options: SseClientOptions = {}) {
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+    this.routePrefix = (options.routePrefix ?? '/_sse-proxy').replace(/\/+$/, '');
   }
+
+  /** The proxy's own route prefix, without a trailing slash. */
+  private readonly routePrefix: string;
 
   /** Subscribes to an event; returns the unsubscribe function. */
   on<K extends keyof SseClientEvents>(name: K, listener: SseListener<K>): () => void {
@@ -176,7 +182,7 @@ export class SseClient {
     if (this.result) return false;
     let cancelled = false;
     if (this.streamId !== null) {
-      const url = proxyUrl(this.url, `/_sse-proxy/streams/${encodeURIComponent(this.streamId)}/cancel`);
+      const url = proxyUrl(this.url, `${this.routePrefix}/streams/${encodeURIComponent(this.streamId)}/cancel`);
       try {
         const res = await this.fetchImpl(url, { method: 'POST', headers: this.options.headers });
         cancelled = res.status === 202;
@@ -366,7 +372,7 @@ export class SseClient {
       outcome: result.outcome,
     };
     try {
-      const res = await this.fetchImpl(proxyUrl(this.url, '/_sse-proxy/client-metrics'), {
+      const res = await this.fetchImpl(proxyUrl(this.url, `${this.routePrefix}/client-metrics`), {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify(metrics),

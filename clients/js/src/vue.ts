@@ -30,6 +30,8 @@ export interface UseEnhancedStreamingOptions {
   heartbeatIntervalMs?: number;
   /** POST a summary to `/_sse-proxy/client-metrics` at the end (default false). */
   reportMetrics?: boolean;
+  /** The proxy's `server.route_prefix` (default `/_sse-proxy`). */
+  routePrefix?: string;
 }
 
 /** State of the connection before the first stream starts, or one of the client's states. */
@@ -89,6 +91,7 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
       backoff: options.backoff,
       heartbeatIntervalMs: options.heartbeatIntervalMs,
       reportMetrics: options.reportMetrics,
+      routePrefix: options.routePrefix,
     });
     client = current;
     streamContent.value = '';

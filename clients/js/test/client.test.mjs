@@ -277,6 +277,25 @@ test('stop() posts cancel with the same headers, then closes', async (t) => {
   assert.equal(cancel.headers.authorization, 'Bearer k');
 });
 
+test('stop() follows a configured route prefix', async (t) => {
+  const s = await listen((req, res) => {
+    if (req.method === 'POST') {
+      res.writeHead(202, { 'Content-Type': 'application/json' });
+      res.end('{"stream_id":"abc","cancelled":true}');
+      return;
+    }
+    sseHead(res, 'abc');
+    res.write(frame({ id: 'abc:1', data: '{"content":"x","batch_size":1}' }));
+  });
+  t.after(s.close);
+  const client = new SseClient(`${s.url}/api/s`, { routePrefix: '/internal/sse/' });
+  let stopped;
+  client.on('token', () => (stopped = client.stop()));
+  await client.start();
+  assert.equal(await stopped, true);
+  assert.equal(s.requests.find((r) => r.method === 'POST').url, '/internal/sse/streams/abc/cancel');
+});
+
 test('reportMetrics posts exactly the protocol fields', async (t) => {
   const events = tokenEvents('M', TOKENS.slice(0, 3));
   let metrics;
