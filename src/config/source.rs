@@ -45,9 +45,9 @@ impl<'de> Deserialize<'de> for SourceSpec {
 impl<'de> Deserialize<'de> for ModelSource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let bad = || {
+        let bad = |why: &str| {
             serde::de::Error::custom(format!(
-                "invalid model_from {s:?}: expected \"query:NAME\", \"header:NAME\", \"body:/json/pointer\" or \"fixed:NAME\""
+                "invalid model_from {s:?}: {why}; expected \"query:NAME\", \"header:NAME\", \"body:/json/pointer\", \"fixed:NAME\" or a model name"
             ))
         };
         match s.split_once(':') {
@@ -55,7 +55,11 @@ impl<'de> Deserialize<'de> for ModelSource {
             Some(("header", n)) if !n.is_empty() => Ok(ModelSource::Header(header_name(n, &s)?)),
             Some(("body", p)) if p.starts_with('/') => Ok(ModelSource::Body(p.to_string())),
             Some(("fixed", n)) if !n.is_empty() => Ok(ModelSource::Fixed(n.to_string())),
-            _ => Err(bad()),
+            Some(("query" | "header" | "fixed", _)) => Err(bad("the name is empty")),
+            Some(("body", _)) => Err(bad("the JSON Pointer must start with '/'")),
+            // Anything else is a fixed model name, including Ollama tags such as "llama3:8b".
+            _ if !s.trim().is_empty() => Ok(ModelSource::Fixed(s)),
+            _ => Err(bad("it is empty")),
         }
     }
 }

@@ -71,10 +71,19 @@ fn bad_stream_route() {
     let (_, _, msg) = err(&format!("{base}[[stream]]\npath = \"/a/*/b\"\n"));
     assert!(msg.contains("last segment"), "{msg}");
     let (line, _, msg) = err(&format!(
-        "{base}[[stream]]\npath = \"/a\"\nmodel_from = \"env:X\"\n"
+        "{base}[[stream]]\npath = \"/a\"\nmodel_from = \"body:model\"\n"
     ));
     assert_eq!(line, 5);
     assert!(msg.contains("query:NAME"), "{msg}");
+    let (_, _, msg) = err(&format!(
+        "{base}[[stream]]\npath = \"/a\"\nmodel_from = \"query:\"\n"
+    ));
+    assert!(msg.contains("empty"), "{msg}");
+    for (spec, want) in [("llama3", "llama3"), ("llama3:8b", "llama3:8b"), ("fixed:m", "m")] {
+        let text = format!("{base}[[stream]]\npath = \"/a\"\nmodel_from = \"{spec}\"\n");
+        let c = Config::from_toml_str(&text, "x").expect("valid");
+        assert_eq!(c.streams[0].model_from, Some(ModelSource::Fixed(want.into())));
+    }
     let (line, _, msg) = err(&format!(
         "{base}[[stream]]\npath = \"/a\"\n[[stream]]\npath = \"/a\"\n"
     ));
