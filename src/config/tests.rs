@@ -38,6 +38,29 @@ fn shipped_example_is_valid() {
 }
 
 #[test]
+fn deployment_config_is_valid() {
+    let text = include_str!("../../deploy/proxy.toml");
+    let c = Config::from_toml_str(text, "deploy/proxy.toml").expect("deploy/proxy.toml must be valid");
+    assert_eq!(c.server.listen.ip().to_string(), "0.0.0.0");
+    // The Kubernetes ConfigMap carries the same file.
+    let k8s = include_str!("../../deploy/kubernetes.yaml");
+    let indented: String = text
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("    {l}\n")
+            }
+        })
+        .collect();
+    assert!(
+        k8s.contains(&indented),
+        "deploy/kubernetes.yaml's ConfigMap differs from deploy/proxy.toml"
+    );
+}
+
+#[test]
 fn unknown_key_is_located() {
     let (line, col, msg) = err("[upstream]\nurl = \"http://a:1\"\nbogus = 1\n");
     assert_eq!((line, col), (3, 1));
