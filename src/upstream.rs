@@ -25,6 +25,9 @@ pub enum UpstreamError {
     BadRequest(String),
 }
 
+/// Largest read buffer of one backend connection.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 /// The backend client.
 #[derive(Clone)]
 pub struct Upstream {
@@ -42,6 +45,9 @@ impl Upstream {
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
+            // A backend that sends faster than the proxy parses must not grow a read buffer of
+            // hundreds of KiB per connection (hyper's default ceiling), kept while pooled.
+            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))

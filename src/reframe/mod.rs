@@ -204,6 +204,7 @@ where
     /// Reads until the stream ends, then closes its log. The upstream body is dropped on return,
     /// which closes the backend connection if the answer was not complete.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let _guard = EndGuard(self.stream.clone());
         m::counter_inc(m::STREAMS_STARTED);
         let end = self.drive(shutdown).await;
         let outcome = self.write_end(end);
@@ -418,10 +419,55 @@ where
     }
 }
 
+/// Ends the stream's log if its reader stops without doing so (a bug that panicked), so that
+/// followers get an error event and their connections end instead of waiting forever.
+struct EndGuard(Arc<Stream>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if self.0.state() == crate::stream::State::Running {
+            tracing::error!("stream reader stopped unexpectedly");
+            m::error("internal");
+            let data = error_data("internal", "the proxy failed while streaming this answer", true);
+            self.0.log.append(Some("error"), &data);
+            self.0.finish(Outcome::Error);
+            self.0.log.close();
+        }
+    }
+}
+
 /// Sleeps until `at`, or forever when `None`.
 async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::StreamId;
+    use crate::log::{LogBudget, MemoryLog, Read};
+
+    #[test]
+    fn a_reader_that_stops_unexpectedly_still_ends_its_stream() {
+        let id = StreamId::random();
+        let log = Arc::new(MemoryLog::new(id, 1 << 20, Arc::new(LogBudget::default())));
+        let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
+        stream.log.append(None, "partial");
+        drop(EndGuard(stream.clone()));
+        assert!(matches!(
+            stream.state(),
+            crate::stream::State::Finished(Outcome::Error, _)
+        ));
+        let Read::Data { chunk, .. } = stream.log.read_after(1, 1 << 20) else {
+            panic!("an error event was appended");
+        };
+        assert!(String::from_utf8_lossy(&chunk).contains("\"code\":\"internal\""));
+        assert_eq!(stream.log.read_after(2, 1 << 20), Read::End);
+        // A finished stream is left alone.
+        drop(EndGuard(stream.clone()));
+        assert_eq!(stream.log.last_seq(), 2);
     }
 }

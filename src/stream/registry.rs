@@ -208,10 +208,16 @@ impl Registry {
                 metrics::counter!(crate::metrics::EVICTIONS, "kind" => "finished").increment(1);
             }
         }
-        let mut running: Vec<Arc<Stream>> = inner.streams.values().cloned().collect();
+        // Sizes are read once: other streams keep appending while we sort, and a sort key that
+        // changes under the sort breaks its ordering (and makes the standard sort panic).
+        let mut running: Vec<(usize, Arc<Stream>)> = inner
+            .streams
+            .values()
+            .map(|s| (s.log.bytes(), s.clone()))
+            .collect();
         drop(inner);
-        running.sort_by_key(|s| std::cmp::Reverse(s.log.bytes()));
-        for s in running {
+        running.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (_, s) in running {
             let held = self.budget.held();
             if held <= target {
                 return;
@@ -325,6 +331,26 @@ mod tests {
         r.sweep(Instant::now());
         assert!(r.get(&s.id).is_none());
         assert!(r.get(&running.id).is_some());
+    }
+
+    #[test]
+    fn eviction_is_safe_while_other_threads_append() {
+        let r = registry(50_000);
+        let streams: Vec<_> = (0..40).map(|_| add(&r, 1 << 20)).collect();
+        std::thread::scope(|scope| {
+            for chunk in streams.chunks(10) {
+                let r = &r;
+                scope.spawn(move || {
+                    for i in 0..2000 {
+                        let s = &chunk[i % chunk.len()];
+                        s.log.append(None, &"w".repeat(10 + i % 90));
+                        r.enforce_budget();
+                    }
+                });
+            }
+        });
+        // Each thread may add one event between the check and the eviction.
+        assert!(r.budget().held() <= 50_000 + 4 * 200, "{}", r.budget().held());
     }
 
     #[test]
