@@ -584,9 +584,9 @@ impl Config {
             "limits.max_write_bytes must be at least 1KiB",
         )?;
         positive(
-            self.server.max_connections >= 1,
+            (1..=1_000_000).contains(&self.server.max_connections),
             "max_connections",
-            "server.max_connections must be at least 1",
+            "server.max_connections must be between 1 and 1000000",
         )?;
         positive(
             self.progress.every_tokens >= 1,

@@ -76,6 +76,17 @@ fn bad_duration_says_what_is_allowed() {
 }
 
 #[test]
+fn absurd_durations_are_rejected() {
+    let (line, _, msg) = err("[upstream]\nurl = \"http://a:1\"\nidle_timeout = \"99999999999h\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.contains("at most 365 days"), "{msg}");
+    let (line, _, msg) =
+        err("[server]\nmax_connections = 9223372036854775807\n[upstream]\nurl = \"http://a:1\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("between 1 and 1000000"), "{msg}");
+}
+
+#[test]
 fn bad_size_and_url() {
     let (line, _, msg) = err("[upstream]\nurl = \"http://a:1\"\nmax_event_bytes = \"1MB\"\n");
     assert_eq!(line, 3);

@@ -12,6 +12,9 @@ pub struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
+/// Longest duration accepted; far larger values would overflow deadline arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 const DURATION_HELP: &str = "a duration such as \"250ms\", \"15s\", \"5m\" or \"1h\"";
 const SIZE_HELP: &str =
     "a size such as \"512B\", \"8KiB\", \"1MiB\" or \"1GiB\" (or a plain number of bytes)";
@@ -62,9 +65,13 @@ impl<'de> serde::Deserialize<'de> for Dur {
                 f.write_str(DURATION_HELP)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                parse_duration(s)
-                    .map(Dur)
-                    .ok_or_else(|| E::custom(format!("invalid duration {s:?}: expected {DURATION_HELP}")))
+                match parse_duration(s) {
+                    Some(d) if d <= MAX_DURATION => Ok(Dur(d)),
+                    Some(_) => Err(E::custom(format!("duration {s:?} is too long: at most 365 days"))),
+                    None => Err(E::custom(format!(
+                        "invalid duration {s:?}: expected {DURATION_HELP}"
+                    ))),
+                }
             }
         }
         d.deserialize_str(V)
