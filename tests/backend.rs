@@ -119,13 +119,7 @@ async fn stream_content_matches_the_backend_answer_exactly() {
         let events = Events::new(resp).all().await;
         assert_gapless(&events, 1);
         assert_eq!(text_of(&events), expected, "question {q:?}");
-        assert_eq!(events[0].event, "thinking");
-        assert_eq!(events[0].data, r#"{"status": "thinking"}"#);
-        let last = events.last().expect("events");
-        assert_eq!(
-            (last.event.as_str(), last.data.as_str()),
-            ("done", r#"{"status": "complete"}"#)
-        );
+        assert_thinking_then_done(&events);
         let total: u64 = events
             .iter()
             .filter(|e| e.event == "message")

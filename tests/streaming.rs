@@ -36,13 +36,7 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
         .iter()
         .all(|e| e.id.as_deref().is_some_and(|i| i.starts_with(&sid))));
     assert_eq!(text_of(&events), tokens.concat());
-    assert_eq!(events[0].event, "thinking");
-    assert_eq!(events[0].data, r#"{"status": "thinking"}"#);
-    let last = events.last().expect("events");
-    assert_eq!(
-        (last.event.as_str(), last.data.as_str()),
-        ("done", r#"{"status": "complete"}"#)
-    );
+    assert_thinking_then_done(&events);
     let batches: Vec<u64> = events
         .iter()
         .filter(|e| e.event == "message")

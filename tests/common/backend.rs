@@ -56,7 +56,12 @@ pub fn start_with_env(env: &[(&str, &str)]) -> Option<Backend> {
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        // The fail_after tests make uvicorn print tracebacks on purpose; show them only when asked.
+        .stderr(if std::env::var_os("SSE_PROXY_BACKEND_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     for (k, v) in env {
         cmd.env(k, v);
     }

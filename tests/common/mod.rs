@@ -503,6 +503,17 @@ pub fn text_of(events: &[Ev]) -> String {
         .collect()
 }
 
+/// Asserts an answer starts with the reference `thinking` event and ends with its `done`, unchanged.
+pub fn assert_thinking_then_done(events: &[Ev]) {
+    assert_eq!(events[0].event, "thinking");
+    assert_eq!(events[0].data, r#"{"status": "thinking"}"#);
+    let last = events.last().expect("events");
+    assert_eq!(
+        (last.event.as_str(), last.data.as_str()),
+        ("done", r#"{"status": "complete"}"#)
+    );
+}
+
 /// Asserts the ids are `<stream>:1..=n` in order, all of one stream.
 pub fn assert_gapless(events: &[Ev], first: u64) {
     for (i, e) in events.iter().enumerate() {

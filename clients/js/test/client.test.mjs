@@ -255,7 +255,8 @@ test('POST body and headers are sent on every attempt', async (t) => {
   }
 });
 
-test('stop() posts cancel with the same headers, then closes', async (t) => {
+/** A stream `abc` that sends one token and never ends, and accepts its cancel with 202. */
+async function cancellableStream(t) {
   const s = await listen((req, res) => {
     if (req.method === 'POST') {
       res.writeHead(202, { 'Content-Type': 'application/json' });
@@ -266,6 +267,11 @@ test('stop() posts cancel with the same headers, then closes', async (t) => {
     res.write(frame({ id: 'abc:1', data: '{"content":"x","batch_size":1}' }));
   });
   t.after(s.close);
+  return s;
+}
+
+test('stop() posts cancel with the same headers, then closes', async (t) => {
+  const s = await cancellableStream(t);
   const client = new SseClient(`${s.url}/api/s?q=1`, { headers: { Authorization: 'Bearer k' } });
   let stopped;
   client.on('token', () => (stopped = client.stop()));
@@ -278,16 +284,7 @@ test('stop() posts cancel with the same headers, then closes', async (t) => {
 });
 
 test('stop() follows a configured route prefix', async (t) => {
-  const s = await listen((req, res) => {
-    if (req.method === 'POST') {
-      res.writeHead(202, { 'Content-Type': 'application/json' });
-      res.end('{"stream_id":"abc","cancelled":true}');
-      return;
-    }
-    sseHead(res, 'abc');
-    res.write(frame({ id: 'abc:1', data: '{"content":"x","batch_size":1}' }));
-  });
-  t.after(s.close);
+  const s = await cancellableStream(t);
   const client = new SseClient(`${s.url}/api/s`, { routePrefix: '/internal/sse/' });
   let stopped;
   client.on('token', () => (stopped = client.stop()));
