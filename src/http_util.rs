@@ -41,3 +41,44 @@ pub fn status(status: StatusCode) -> Response<ProxyBody> {
     *resp.status_mut() = status;
     resp
 }
+
+/// Why a request body the proxy reads itself could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than allowed (413).
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// Not sent completely within the time allowed (408).
+    #[error("request body not received within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection failed while reading (400).
+    #[error("request body could not be read: {0}")]
+    Broken(String),
+}
+
+/// Reads a whole request body of at most `limit` bytes within `within`.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::Limited;
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(BodyError::Timeout(within)),
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+    }
+}
+
+impl BodyError {
+    /// The JSON error response.
+    pub fn response(&self) -> Response<ProxyBody> {
+        let (status, code) = match self {
+            BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            BodyError::Broken(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+        };
+        error(status, code, &self.to_string())
+    }
+}

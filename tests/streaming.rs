@@ -275,3 +275,23 @@ async fn metrics_count_batching_saving() {
     assert!(after.contains("sse_proxy_streams_finished_total{outcome=\"completed\"}"));
     assert!(after.contains("# TYPE sse_proxy_time_to_first_token_seconds histogram"));
 }
+
+#[tokio::test]
+async fn slow_request_body_on_a_stream_route_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("x")])).await;
+    let p = proxy(up.addr, |c| c.server.body_read_timeout.0 = ms(300)).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"POST /stream HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"q\":")
+        .await
+        .expect("write");
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"error\":\"body_timeout\""), "{text}");
+    assert_eq!(up.requests(), 0, "nothing went upstream");
+}

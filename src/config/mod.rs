@@ -86,6 +86,8 @@ pub struct Server {
     pub shutdown_grace: Dur,
     /// Time allowed for a client to send its request headers.
     pub header_read_timeout: Dur,
+    /// Time allowed for a client to send a request body the proxy reads itself (stream routes, client metrics).
+    pub body_read_timeout: Dur,
     /// Open client connections at most; more wait in the accept queue.
     pub max_connections: usize,
     /// Path prefix of the proxy's own routes (client, demo, cancel, client metrics).
@@ -99,6 +101,7 @@ impl Default for Server {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             shutdown_grace: Dur(Duration::from_secs(30)),
             header_read_timeout: Dur(Duration::from_secs(10)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
             max_connections: 10_000,
             route_prefix: "/_sse-proxy".into(),
         }

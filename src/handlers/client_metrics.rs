@@ -4,7 +4,6 @@ use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::metrics as m;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use std::sync::Mutex;
@@ -118,9 +117,11 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     if !is_json {
         return bad("Content-Type must be application/json");
     }
-    let body = match Limited::new(req.into_body(), MAX_REPORT_BYTES).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad("report larger than 1024 bytes"),
+    let within = app.cfg.server.body_read_timeout.0;
+    let body = match http_util::read_body(req.into_body(), MAX_REPORT_BYTES, within).await {
+        Ok(b) => b,
+        Err(http_util::BodyError::TooLarge(_)) => return bad("report larger than 1024 bytes"),
+        Err(e) => return e.response(),
     };
     let report: Report = match serde_json::from_slice(&body) {
         Ok(r) => r,

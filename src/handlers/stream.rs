@@ -17,7 +17,7 @@ use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,13 +70,9 @@ async fn start(
     };
     let (mut parts, body) = req.into_parts();
     let limit = app.cfg.upstream.max_request_body.bytes();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            let msg = format!("request body larger than {limit} bytes");
-            return http_util::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &msg);
-        }
-        Err(e) => return http_util::error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
+    let body = match http_util::read_body(body, limit, app.cfg.server.body_read_timeout.0).await {
+        Ok(b) => b,
+        Err(e) => return e.response(),
     };
     let route_cfg = &app.cfg.streams[idx];
     let model = model_name(route_cfg.model_from.as_ref(), &parts, &body);
