@@ -49,6 +49,11 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
         batches.len()
     );
     assert_eq!(up.requests(), 1);
+    assert_eq!(
+        up.last_request().headers["accept-encoding"],
+        "identity",
+        "stream answers must not be compressed"
+    );
 }
 
 #[tokio::test]

@@ -84,6 +84,10 @@ async fn start(
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
     parts.headers.remove("last-event-id");
+    // The proxy parses the answer, so it must not arrive compressed.
+    parts
+        .headers
+        .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     parts.uri = uri;
     let upstream_req = Request::from_parts(parts, http_util::full(body));
     let resp = match app.upstream.send(upstream_req).await {
