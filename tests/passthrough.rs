@@ -366,6 +366,20 @@ fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Ful
         .build_http()
 }
 
+/// Sends over h2c and checks the answer came back as HTTP/2 with status 200.
+async fn h2_ok(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("in time")
+        .expect("h2 response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
 #[tokio::test]
 async fn h2c_prior_knowledge_passthrough_and_stream() {
     let tokens = tricky_tokens(40);
@@ -391,12 +405,7 @@ async fn h2c_prior_knowledge_passthrough_and_stream() {
         .header("x-custom", "h2")
         .body(Full::new(body.clone()))
         .expect("request");
-    let resp = tokio::time::timeout(WAIT, client.request(req))
-        .await
-        .expect("in time")
-        .expect("h2 response");
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    assert_eq!(resp.status(), 200);
+    let resp = h2_ok(&client, req).await;
     assert_eq!(resp.headers()["x-up"], "1");
     assert_eq!(body_bytes(resp).await, body);
     let parts = up.last_request();
@@ -408,12 +417,7 @@ async fn h2c_prior_knowledge_passthrough_and_stream() {
     let req = Request::get(format!("http://{}/stream?q=h2", p.addr))
         .body(Full::new(Bytes::new()))
         .expect("request");
-    let resp = tokio::time::timeout(WAIT, client.request(req))
-        .await
-        .expect("in time")
-        .expect("h2 response");
-    assert_eq!(resp.version(), http::Version::HTTP_2);
-    assert_eq!(resp.status(), 200);
+    let resp = h2_ok(&client, req).await;
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let events = Events::new(resp).all().await;
     assert_gapless(&events, 1);
