@@ -26,11 +26,16 @@ pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Response<P
         (&Method::POST, "/client-metrics") if app.cfg.client_metrics.enabled => {
             super::client_metrics::handle(app, req).await
         }
-        (&Method::POST, r) if cancel_id(r).is_some() => {
-            cancel(app, cancel_id(r).unwrap_or_default(), &req).await
-        }
-        _ => http_util::error(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        (&Method::POST, r) => match cancel_id(r) {
+            Some(id) => cancel(app, id, &req).await,
+            None => not_found(),
+        },
+        _ => not_found(),
     }
+}
+
+fn not_found() -> Response<ProxyBody> {
+    http_util::error(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response<ProxyBody> {

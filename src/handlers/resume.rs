@@ -8,6 +8,7 @@ use crate::ids::{EventId, EventIdError};
 use crate::log::StreamLog;
 use crate::metrics as m;
 use crate::query;
+use crate::stream::Rejected;
 use http::{Request, Response, StatusCode};
 use std::sync::Arc;
 
@@ -50,11 +51,7 @@ pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
     let Some(follower) = stream.attach(app.cfg.limits.max_followers) else {
-        return Resume::Respond(too_many(
-            app,
-            "max_followers",
-            "too many connections follow this stream",
-        ));
+        return Resume::Respond(too_many(app, Rejected::MaxFollowers));
     };
     metrics::counter!(m::RESUMES, "result" => "replayed").increment(1);
     let span =

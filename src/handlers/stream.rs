@@ -12,7 +12,7 @@ use crate::log::MemoryLog;
 use crate::metrics as m;
 use crate::query;
 use crate::reframe::Reader;
-use crate::stream::{Follower, Stream};
+use crate::stream::{Follower, Rejected, Stream};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -66,7 +66,7 @@ async fn start(
 ) -> Response<ProxyBody> {
     let slot = match app.registry.reserve(owner) {
         Ok(s) => s,
-        Err(why) => return too_many(app, why.as_str(), &why.to_string()),
+        Err(why) => return too_many(app, why),
     };
     let (mut parts, body) = req.into_parts();
     let limit = app.cfg.upstream.max_request_body.bytes();
@@ -202,17 +202,10 @@ pub fn event_stream_response(
     resp
 }
 
-/// A 429 with `Retry-After`; `reason` is the limit reached (metric label). The error code is
-/// `too_many_streams` for the stream limits (the wire contract) and `too_many_followers` for
-/// `max_followers`.
-pub fn too_many(app: &App, reason: &'static str, message: &str) -> Response<ProxyBody> {
-    metrics::counter!(m::REJECTED, "reason" => reason).increment(1);
-    let code = if reason == "max_followers" {
-        "too_many_followers"
-    } else {
-        "too_many_streams"
-    };
-    let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, code, message);
+/// A 429 with `Retry-After`, counted under the limit that was reached.
+pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
+    metrics::counter!(m::REJECTED, "reason" => why.as_str()).increment(1);
+    let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
     let secs = app.cfg.limits.retry_after.0.as_secs().max(1);
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));

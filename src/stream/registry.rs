@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Why a new stream was refused.
+/// Why a stream or a connection to one was refused (answered `429`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
     /// `limits.max_streams` running.
@@ -18,6 +18,9 @@ pub enum Rejected {
     /// `limits.max_streams_per_identity` running for this user.
     #[error("too many of your streams are running; wait for one to finish")]
     MaxStreamsPerIdentity,
+    /// `limits.max_followers` connections already follow the stream.
+    #[error("too many connections follow this stream")]
+    MaxFollowers,
 }
 
 impl Rejected {
@@ -26,6 +29,15 @@ impl Rejected {
         match self {
             Rejected::MaxStreams => "max_streams",
             Rejected::MaxStreamsPerIdentity => "max_streams_per_identity",
+            Rejected::MaxFollowers => "max_followers",
+        }
+    }
+
+    /// The `error` code of the JSON body.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejected::MaxStreams | Rejected::MaxStreamsPerIdentity => "too_many_streams",
+            Rejected::MaxFollowers => "too_many_followers",
         }
     }
 }
