@@ -35,6 +35,14 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBod
     json(status, &serde_json::json!({ "error": code, "message": message }))
 }
 
+/// Whether the `Content-Type` is `mime` (case-insensitive, parameters such as `charset` allowed).
+pub fn has_content_type(headers: &http::HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(mime))
+}
+
 /// A response with a status and no body.
 pub fn status(status: StatusCode) -> Response<ProxyBody> {
     let mut resp = Response::new(empty());

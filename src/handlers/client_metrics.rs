@@ -105,15 +105,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
         metrics::counter!(m::REJECTED, "reason" => "client_metrics_invalid").increment(1);
         http_util::error(StatusCode::BAD_REQUEST, "invalid_report", msg)
     };
-    let is_json = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
+    let is_json = http_util::has_content_type(req.headers(), "application/json");
     if !is_json {
         return bad("Content-Type must be application/json");
     }

@@ -139,16 +139,7 @@ async fn start(
 
 /// Whether the backend answered 2xx with an event stream.
 fn is_event_stream(resp: &Response<Incoming>) -> bool {
-    resp.status().is_success()
-        && resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/event-stream")
-            })
+    resp.status().is_success() && http_util::has_content_type(resp.headers(), "text/event-stream")
 }
 
 /// Keeps the backend's own headers (cookies, CORS) except those the re-framing changes.
