@@ -133,7 +133,7 @@ async fn start(
     );
     tokio::spawn(reader.run(app.shutdown.clone()).instrument(span.clone()));
     let mut out = event_stream_response(app, follower, 0, span);
-    copy_backend_headers(&resp_parts.headers, out.headers_mut());
+    copy_backend_headers(resp_parts.headers, out.headers_mut());
     out
 }
 
@@ -143,8 +143,7 @@ fn is_event_stream(resp: &Response<Incoming>) -> bool {
 }
 
 /// Keeps the backend's own headers (cookies, CORS) except those the re-framing changes.
-fn copy_backend_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
-    let mut from = from.clone();
+fn copy_backend_headers(mut from: http::HeaderMap, to: &mut http::HeaderMap) {
     strip_hop_by_hop(&mut from);
     for (name, value) in &from {
         let skip = matches!(
