@@ -140,17 +140,22 @@ impl Proc {
     }
 }
 
-fn check(config: &str) -> (i32, String, String) {
+/// Runs the binary to completion: (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
-        .args(["check", "--config", config])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("run check");
+        .expect("run sse-proxy");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn check(config: &str) -> (i32, String, String) {
+    run(&["check", "--config", config])
 }
 
 #[test]
@@ -216,6 +221,50 @@ fn check_rejects_bad_configs_with_location_and_help() {
         err.contains("does-not-exist.toml") && err.contains("--config"),
         "{err}"
     );
+}
+
+#[test]
+fn override_flags_work_before_and_after_the_subcommand() {
+    let f = TempFile::new("overrides.toml", "[upstream]\nurl = \"http://127.0.0.1:8000\"\n");
+    let good = [
+        vec!["check", "--config", f.path(), "--upstream", "http://127.0.0.1:9"],
+        vec!["--upstream", "http://127.0.0.1:9", "check", "--config", f.path()],
+        vec!["--config", f.path(), "check", "--log-format", "json"],
+        vec![
+            "check",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:2",
+            "--config",
+            f.path(),
+            "--upstream",
+            "http://127.0.0.1:9/base",
+        ],
+    ];
+    for args in good {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: stdout {out} stderr {err}");
+        assert!(out.contains("ok"), "{args:?}: {out}");
+    }
+    // The override is applied, not merely accepted: a bad --upstream fails the check.
+    for args in [
+        vec!["check", "--config", f.path(), "--upstream", "https://x.example"],
+        vec!["--upstream", "https://x.example", "check", "--config", f.path()],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains("--upstream:1:1") && err.contains("http://HOST:PORT"), "{args:?}: {err}");
+    }
+    // The demo runs its own backend: a config or backend given to it is refused, not ignored.
+    for args in [
+        vec!["demo", "--upstream", "http://127.0.0.1:9"],
+        vec!["--config", f.path(), "demo"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains("demo"), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
