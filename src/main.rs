@@ -75,9 +75,7 @@ fn main() -> ExitCode {
 impl Cli {
     /// `--config`, or `proxy.toml`.
     fn config_path(&self) -> PathBuf {
-        self.config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("proxy.toml"))
+        self.config.clone().unwrap_or_else(|| PathBuf::from("proxy.toml"))
     }
 }
 
@@ -92,6 +90,19 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     }
     if let Some(u) = &cli.upstream {
         cfg.upstream.url = parse_upstream(u)?;
+    }
+    if cli.listen.is_some() || cli.admin_listen.is_some() {
+        cfg.check_listeners().map_err(|message| ConfigError::Invalid {
+            file: if cli.listen.is_some() {
+                "--listen"
+            } else {
+                "--admin-listen"
+            }
+            .into(),
+            line: 1,
+            col: 1,
+            message,
+        })?;
     }
     Ok(cfg)
 }

@@ -21,11 +21,15 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, text: &str) -> Self {
+        Self::with_bytes(name, text.as_bytes())
+    }
+
+    fn with_bytes(name: &str, bytes: &[u8]) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let path = std::env::temp_dir().join(format!("sse-proxy-cli-{}-{nanos}-{name}", std::process::id()));
-        std::fs::write(&path, text).expect("write temp config");
+        std::fs::write(&path, bytes).expect("write temp config");
         TempFile(path)
     }
 
@@ -205,6 +209,30 @@ fn check_rejects_bad_configs_with_location_and_help() {
             (3, 2),
             "expected one of",
         ),
+        (
+            "zero-response-timeout",
+            format!("{up}response_timeout = \"0s\"\n"),
+            (3, 1),
+            "upstream.response_timeout must be above 0",
+        ),
+        (
+            "zero-header-read-timeout",
+            format!("{up}[server]\nheader_read_timeout = \"0ms\"\n"),
+            (4, 1),
+            "server.header_read_timeout must be above 0",
+        ),
+        (
+            "zero-retention",
+            format!("{up}[resume]\nretention = \"0s\"\n"),
+            (4, 1),
+            "resume.retention must be above 0",
+        ),
+        (
+            "same-listeners",
+            format!("{up}[server]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7000\"\n"),
+            (5, 1),
+            "server.admin_listen",
+        ),
     ];
     for (name, text, (line, col), help) in cases {
         let f = TempFile::new(&format!("{name}.toml"), &text);
@@ -214,6 +242,16 @@ fn check_rejects_bad_configs_with_location_and_help() {
         assert!(err.contains(&prefix), "{name}: expected {prefix:?} in {err:?}");
         assert!(err.contains(help), "{name}: expected {help:?} in {err:?}");
     }
+    let mut latin1 = format!("{up}# caf").into_bytes();
+    latin1.extend_from_slice(b"\xE9\n");
+    let f = TempFile::with_bytes("latin1.toml", &latin1);
+    let (code, _, err) = check(f.path());
+    assert_eq!(code, 64, "{err}");
+    let prefix = format!("{}:3:6: ", f.path());
+    assert!(
+        err.contains(&prefix) && err.contains("UTF-8"),
+        "expected {prefix:?} in {err:?}"
+    );
     let missing = manifest_path("does-not-exist.toml");
     let (code, _, err) = check(missing.to_str().expect("utf8"));
     assert_eq!(code, 64, "{err}");
@@ -254,8 +292,18 @@ fn override_flags_work_before_and_after_the_subcommand() {
     ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 64, "{args:?}: {err}");
-        assert!(err.contains("--upstream:1:1") && err.contains("http://HOST:PORT"), "{args:?}: {err}");
+        assert!(
+            err.contains("--upstream:1:1") && err.contains("http://HOST:PORT"),
+            "{args:?}: {err}"
+        );
     }
+    // Overridden listeners are checked like written ones (the admin default is 127.0.0.1:9090).
+    let (code, _, err) = run(&["check", "--config", f.path(), "--listen", "127.0.0.1:9090"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--listen:1:1") && err.contains("server.admin_listen"),
+        "{err}"
+    );
     // The demo runs its own backend: a config or backend given to it is refused, not ignored.
     for args in [
         vec!["demo", "--upstream", "http://127.0.0.1:9"],
