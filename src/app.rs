@@ -87,6 +87,9 @@ impl App {
     /// Handles one request from the main listener.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let arrived = tokio::time::Instant::now();
+        if let Some(resp) = handlers::own_method(&req) {
+            return resp;
+        }
         let path = req.uri().path();
         if let Some(own) = path
             .strip_prefix(self.cfg.server.route_prefix.as_str())

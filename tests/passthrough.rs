@@ -626,3 +626,63 @@ async fn upgrades_are_tunnelled_both_ways() {
         assert_eq!(got, msg.to_ascii_uppercase());
     }
 }
+
+/// The value of a response header in a raw HTTP/1.1 head, lower-cased name.
+fn head_value(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[tokio::test]
+async fn options_asterisk_is_answered_by_the_proxy() {
+    let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "from the backend")).await;
+    let p = proxy(up.addr, |_| {}).await;
+    let (head, body) = raw_exchange(p.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let allow = head_value(&head, "allow").unwrap_or_else(|| panic!("no Allow: {head}"));
+    for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        assert!(allow.split(", ").any(|a| a == m), "{m} missing from {allow:?}");
+    }
+    assert!(!allow.contains("CONNECT"), "{allow}");
+    assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+    // `*` with any other method is a bad request, not a request to the backend.
+    let (head, body) = raw_exchange(p.addr, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(json_of(&body)["error"], "bad_request");
+    assert_eq!(up.requests(), 0, "forwarded to the backend");
+    // An OPTIONS for a path still goes to the backend.
+    let resp = send("OPTIONS", &format!("http://{}/api", p.addr), &[], "").await;
+    assert_eq!(body_bytes(resp).await, "from the backend");
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "from the backend")).await;
+    let p = proxy(up.addr, |_| {}).await;
+    let target = up.addr.to_string();
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let (head, body) = raw_exchange(p.addr, req.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    let allow = head_value(&head, "allow").unwrap_or_else(|| panic!("no Allow: {head}"));
+    assert!(allow.contains("GET") && !allow.contains("CONNECT"), "{allow}");
+    assert_eq!(
+        head_value(&head, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let v = json_of(&body);
+    assert_eq!(v["error"], "method_not_allowed");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("CONNECT")),
+        "{v}"
+    );
+    assert_eq!(up.requests(), 0, "forwarded to the backend");
+    // Other methods are unaffected.
+    for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "TRACE"] {
+        let resp = send(m, &format!("http://{}/x", p.addr), &[], "").await;
+        assert_eq!(resp.status(), 200, "{m}");
+    }
+    assert_eq!(up.requests(), 6);
+}
