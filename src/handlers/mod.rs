@@ -40,19 +40,30 @@ pub fn own_method<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
     Some(resp)
 }
 
-/// The response for a failed backend request.
+/// The response for a failed backend request. The message is fixed: the error chain (addresses,
+/// OS errors) is for the log, which the caller writes.
 pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
     match e {
         UpstreamError::Unreachable(_) => {
             crate::metrics::error("upstream_unreachable");
-            http_util::error(StatusCode::BAD_GATEWAY, "upstream_unreachable", &e.to_string())
+            http_util::error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                "the backend is unreachable",
+            )
         }
         UpstreamError::Timeout(_) => {
             crate::metrics::error("upstream_timeout");
-            http_util::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &e.to_string())
+            http_util::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the backend did not answer in time",
+            )
         }
-        UpstreamError::BadRequest(_) => {
-            http_util::error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
-        }
+        UpstreamError::BadRequest(_) => http_util::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request target cannot be forwarded to the backend",
+        ),
     }
 }
