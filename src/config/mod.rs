@@ -88,6 +88,8 @@ pub struct Server {
     pub header_read_timeout: Dur,
     /// Time allowed for a client to send a request body the proxy reads itself (stream routes, client metrics).
     pub body_read_timeout: Dur,
+    /// A client connection with no request in flight for this long is closed (h2: GOAWAY).
+    pub idle_timeout: Dur,
     /// Open client connections at most; more wait in the accept queue.
     pub max_connections: usize,
     /// Path prefix of the proxy's own routes (client, demo, cancel, client metrics).
@@ -102,6 +104,7 @@ impl Default for Server {
             shutdown_grace: Dur(Duration::from_secs(30)),
             header_read_timeout: Dur(Duration::from_secs(10)),
             body_read_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(60)),
             max_connections: 10_000,
             route_prefix: "/_sse-proxy".into(),
         }
@@ -585,6 +588,7 @@ impl Config {
         )?;
         nonzero(self.server.header_read_timeout, "server.header_read_timeout")?;
         nonzero(self.server.body_read_timeout, "server.body_read_timeout")?;
+        nonzero(self.server.idle_timeout, "server.idle_timeout")?;
         nonzero(self.upstream.connect_timeout, "upstream.connect_timeout")?;
         nonzero(self.upstream.response_timeout, "upstream.response_timeout")?;
         nonzero(self.upstream.idle_timeout, "upstream.idle_timeout")?;

@@ -28,6 +28,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.resume.client_retry.0, Duration::from_secs(1));
     assert!(c.streams.is_empty());
     assert_eq!(c.server.route_prefix, "/_sse-proxy");
+    assert_eq!(c.server.idle_timeout.0, Duration::from_secs(60));
 }
 
 #[test]
@@ -189,6 +190,17 @@ fn zero_timeouts_and_retention_are_rejected_where_written() {
             format!("{up}[resume]\nretention = \"0s\"\n"),
             (4, 1),
             "resume.retention",
+        ),
+        // Both tables have an idle_timeout: each error points into its own table.
+        (
+            format!("[server]\nidle_timeout = \"5s\"\n{up}idle_timeout = \"0s\"\n"),
+            (5, 1),
+            "upstream.idle_timeout",
+        ),
+        (
+            format!("{up}idle_timeout = \"5s\"\n[server]\nidle_timeout = \"0s\"\n"),
+            (5, 1),
+            "server.idle_timeout",
         ),
     ];
     for (text, at, key) in cases {
