@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench silent_sockets` (prints figures; no assertions).
 //! `BENCH_SILENT` (default 1000) sets the number of silent sockets, `BENCH_HEADER_READ_TIMEOUT`
-//! (default: unset, the proxy's own default of 10s) the proxy's `server.header_read_timeout`.
+//! (default: unset, the proxy's own default of 10s) the proxy's `server.header_read_timeout`,
+//! `BENCH_SETTLE_MS` (default 500) the pause between the proxy being full and the real request.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -62,6 +63,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let header_read_timeout = std::env::var("BENCH_HEADER_READ_TIMEOUT").ok();
+    let settle_ms: u64 = std::env::var("BENCH_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,7 +125,7 @@ fn main() {
         while connected.load(Ordering::SeqCst) < silent.min(MAX_CONNECTIONS) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(settle_ms)).await;
         let open_then = connected.load(Ordering::SeqCst);
         match tokio::time::timeout(GIVE_UP, real_request(&addr)).await {
             Ok(waited) => println!(

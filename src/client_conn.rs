@@ -11,6 +11,12 @@
 //! - with no request in flight, `idle_timeout` from the end of the last response, then a graceful
 //!   close (HTTP/1.1: close; h2: GOAWAY). A response still being written (an SSE stream) is never
 //!   idle, whatever its pace.
+//!
+//! At `max_connections`, a new connection takes the slot of the oldest one that has not completed
+//! a request head yet ([`AwaitingHead`]): otherwise silent sockets would hold every slot for
+//! `header_read_timeout`, the listen backlog would fill, and real clients' connects would wait in
+//! the kernel's SYN retries. A client that sends its request right after connecting is in that set
+//! for well under a millisecond; a connection with a request in flight is never closed for room.
 
 use crate::app::App;
 use crate::http_util::{BoxError, ProxyBody};
@@ -22,6 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -55,8 +62,59 @@ enum Expiry {
     Idle,
 }
 
+/// The connections that have not completed a request head yet, oldest first.
+#[derive(Debug, Default)]
+pub struct AwaitingHead {
+    inner: Mutex<(u64, BTreeMap<u64, CancellationToken>)>,
+}
+
+impl AwaitingHead {
+    /// An empty set.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (u64, BTreeMap<u64, CancellationToken>)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn join(self: &Arc<Self>) -> Awaiting {
+        let evict = CancellationToken::new();
+        let mut inner = self.lock();
+        let seq = inner.0;
+        inner.0 += 1;
+        inner.1.insert(seq, evict.clone());
+        Awaiting {
+            set: self.clone(),
+            seq,
+            evict,
+        }
+    }
+
+    /// Closes the oldest connection that has not completed a request head; `false` when there
+    /// is none.
+    pub fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().1.pop_first();
+        oldest.map(|(_, evict)| evict.cancel()).is_some()
+    }
+}
+
+/// A connection's place in [`AwaitingHead`], left when its first request head arrives or it ends.
+#[derive(Debug)]
+struct Awaiting {
+    set: Arc<AwaitingHead>,
+    seq: u64,
+    evict: CancellationToken,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.set.lock().1.remove(&self.seq);
+    }
+}
+
 /// What a connection is doing, as its IO, its requests and its watcher see it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct State {
     accepted: Instant,
     /// Requests whose head arrived and whose response has not ended.
@@ -68,10 +126,12 @@ struct State {
     idle_since: Instant,
     /// The first byte read since `idle_since`: an HTTP/1.1 request head has begun.
     head_since: Option<Instant>,
+    /// In [`AwaitingHead`] until the first request head.
+    awaiting: Option<Awaiting>,
 }
 
 impl State {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, awaiting: Option<Awaiting>) -> Self {
         State {
             accepted: now,
             in_flight: 0,
@@ -79,6 +139,7 @@ impl State {
             http2: false,
             idle_since: now,
             head_since: None,
+            awaiting,
         }
     }
 
@@ -106,9 +167,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    fn new(awaiting: Option<Awaiting>) -> Arc<Self> {
         Arc::new(Activity {
-            state: Mutex::new(State::new(Instant::now())),
+            state: Mutex::new(State::new(Instant::now(), awaiting)),
             changed: Notify::new(),
         })
     }
@@ -138,13 +199,17 @@ impl Activity {
 
     /// A request head arrived; the request is in flight until the returned guard is dropped.
     fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+        let mut awaiting = None;
         self.update(|s| {
             s.in_flight += 1;
             s.requests += 1;
             s.http2 = version == Version::HTTP_2;
             s.head_since = None;
+            awaiting = s.awaiting.take();
             true
         });
+        // Leaves AwaitingHead outside the state lock.
+        drop(awaiting);
         InFlight(self.clone())
     }
 
@@ -154,6 +219,10 @@ impl Activity {
 
     fn in_flight(&self) -> usize {
         self.state().in_flight
+    }
+
+    fn requests(&self) -> u64 {
+        self.state().requests
     }
 
     fn idle_since(&self) -> Instant {
@@ -256,19 +325,23 @@ impl AsyncWrite for WatchedIo {
 
 /// Serves one accepted connection with `app` until it ends or the watcher closes it; `permit`
 /// (its `max_connections` slot) is held until then.
+/// Until its first request head, the connection is in `awaiting` (and may be closed for room).
 pub fn serve(
     builder: &auto::Builder<TokioExecutor>,
     tcp: TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
     permit: OwnedSemaphorePermit,
+    awaiting: &Arc<AwaitingHead>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let timeouts = Timeouts {
         header_read: app.cfg.server.header_read_timeout.0,
         idle: app.cfg.server.idle_timeout.0,
     };
     let shutdown = app.shutdown.clone();
-    let activity = Activity::new();
+    let place = awaiting.join();
+    let evict = place.evict.clone();
+    let activity = Activity::new(Some(place));
     let io = WatchedIo {
         tcp,
         activity: activity.clone(),
@@ -290,25 +363,40 @@ pub fn serve(
         .into_owned();
     async move {
         metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
-        watch(conn, &activity, timeouts, &shutdown).await;
+        watch(conn, &activity, timeouts, &shutdown, &evict).await;
         metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
         drop(permit);
     }
 }
 
-/// Drives `conn` to its end, closing it when a deadline passes or `shutdown` fires.
-async fn watch<C>(conn: C, activity: &Activity, t: Timeouts, shutdown: &CancellationToken)
-where
+/// Drives `conn` to its end, closing it when a deadline passes, `shutdown` fires, or `evict`
+/// fires before its first request head.
+async fn watch<C>(
+    conn: C,
+    activity: &Activity,
+    t: Timeouts,
+    shutdown: &CancellationToken,
+    evict: &CancellationToken,
+) where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
+    let mut evictable = true;
     let why = loop {
         let next = activity.deadline(t);
         tokio::select! {
             r = conn.as_mut() => return ended(r),
             _ = shutdown.cancelled() => break None,
             _ = activity.changed.notified() => {}
+            _ = evict.cancelled(), if evictable => {
+                // Its first request may have arrived since it was picked: then it stays.
+                if activity.requests() == 0 {
+                    tracing::debug!("at max_connections: closing a connection that sent no request head");
+                    return;
+                }
+                evictable = false;
+            }
             _ = sleep_until(next.map(|(at, _)| at)) => match activity.deadline(t) {
                 Some((at, why)) if at <= Instant::now() => break Some(why),
                 _ => {}
@@ -364,7 +452,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn first_head_is_timed_from_accept() {
-        let a = Activity::new();
+        let a = Activity::new(None);
         let accepted = Instant::now();
         assert_eq!(a.deadline(T), Some((accepted + T.header_read, Expiry::NoHead)));
         tokio::time::advance(Duration::from_secs(3)).await;
@@ -375,7 +463,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_expires_while_a_response_is_in_flight() {
-        let a = Activity::new();
+        let a = Activity::new(None);
         let req = a.begin(Version::HTTP_11);
         let req2 = a.begin(Version::HTTP_11);
         tokio::time::advance(Duration::from_secs(3600)).await;
@@ -390,7 +478,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_later_http1_head_is_timed_from_its_first_byte() {
-        let a = Activity::new();
+        let a = Activity::new(None);
         drop(a.begin(Version::HTTP_11));
         tokio::time::advance(Duration::from_secs(30)).await;
         let first_byte = Instant::now();
@@ -405,11 +493,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn h2_frames_between_requests_do_not_start_a_head() {
-        let a = Activity::new();
+        let a = Activity::new(None);
         drop(a.begin(Version::HTTP_2));
         let ended = Instant::now();
         tokio::time::advance(Duration::from_secs(5)).await;
         a.on_read();
         assert_eq!(a.deadline(T), Some((ended + T.idle, Expiry::Idle)));
+    }
+
+    #[test]
+    fn the_oldest_connection_awaiting_a_head_is_evicted_first() {
+        let set = AwaitingHead::new();
+        let (a, b, c) = (set.join(), set.join(), set.join());
+        drop(b);
+        assert!(set.evict_oldest());
+        assert!(a.evict.is_cancelled() && !c.evict.is_cancelled());
+        // A first request head takes a connection out of the set.
+        let activity = Activity::new(Some(c));
+        drop(activity.begin(Version::HTTP_11));
+        assert!(!set.evict_oldest());
+        drop(a);
+        assert!(set.lock().1.is_empty());
     }
 }

@@ -193,15 +193,23 @@ async fn serve_main(listener: TcpListener, app: Arc<App>) {
     let shutdown = app.shutdown.clone();
     let builder = builder(None);
     let connections = TaskTracker::new();
+    let awaiting = client_conn::AwaitingHead::new();
     loop {
         let Some((tcp, peer)) = accept(&listener, &shutdown).await else {
             break;
         };
-        let Some(permit) = connection_slot(&app, &shutdown).await else {
+        let Some(permit) = connection_slot(&app, &awaiting, &shutdown).await else {
             break;
         };
         let _ = tcp.set_nodelay(true);
-        connections.spawn(client_conn::serve(&builder, tcp, peer, app.clone(), permit));
+        connections.spawn(client_conn::serve(
+            &builder,
+            tcp,
+            peer,
+            app.clone(),
+            permit,
+            &awaiting,
+        ));
     }
     drop(listener);
     connections.close();
@@ -212,15 +220,22 @@ async fn serve_main(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-/// A `max_connections` slot for an accepted connection. At capacity the connection waits (counted
-/// in `sse_proxy_rejected_total{reason="max_connections"}`) and the next ones wait in the accept
-/// queue; `None` once shutdown starts.
-async fn connection_slot(app: &App, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+/// A `max_connections` slot for an accepted connection. At capacity (counted in
+/// `sse_proxy_rejected_total{reason="max_connections"}`) the oldest connection that has sent no
+/// request head is closed to make room; with none, the connection waits for a slot and the next
+/// ones wait in the accept queue. `None` once shutdown starts.
+async fn connection_slot(
+    app: &App,
+    awaiting: &client_conn::AwaitingHead,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
     if let Ok(p) = app.connections.clone().try_acquire_owned() {
         return Some(p);
     }
     metrics::counter!(m::REJECTED, "reason" => "max_connections").increment(1);
-    tracing::debug!("at max_connections: a connection waits for a slot");
+    if !awaiting.evict_oldest() {
+        tracing::debug!("at max_connections: a connection waits for a slot");
+    }
     tokio::select! {
         _ = shutdown.cancelled() => None,
         p = app.connections.clone().acquire_owned() => p.ok(),

@@ -116,7 +116,7 @@ async fn silent_and_half_open_connections_are_closed_after_header_read_timeout()
 }
 
 #[tokio::test]
-async fn at_max_connections_silent_sockets_delay_real_clients_only_until_the_timeout() {
+async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_clients_out() {
     let up = plain_upstream().await;
     let p = proxy(up.addr, |c| {
         c.server.header_read_timeout.0 = ms(300);
@@ -136,7 +136,7 @@ async fn at_max_connections_silent_sockets_delay_real_clients_only_until_the_tim
     );
     let (_, body) = readyz(p.admin).await;
     assert_eq!(body["status"], "at_capacity", "{body}");
-    // A real client is queued behind the silent sockets, then served once they time out.
+    // A real client is served: one silent socket makes room, the other times out.
     let resp = get(&format!("http://{}/real", p.addr), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(body_bytes(resp).await, "fine");
@@ -264,4 +264,70 @@ async fn streams_longer_than_idle_timeout_are_not_cut() {
     let events = Events::new(resp).all().await;
     assert_eq!(text_of(&events), tokens.concat(), "h2c");
     assert_eq!(events.last().expect("events").event, "done");
+}
+
+#[tokio::test]
+async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_one() {
+    let up = plain_upstream().await;
+    // No timeout can explain a quick answer here: a request head may take a minute.
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        c.server.max_connections = 2;
+    })
+    .await;
+    let mut oldest = TcpStream::connect(p.addr).await.expect("connect");
+    let slots = p.app.connections.clone();
+    assert!(
+        wait_for(WAIT, || slots.available_permits() == 1).await,
+        "not accepted"
+    );
+    let mut newer = TcpStream::connect(p.addr).await.expect("connect");
+    assert!(
+        readyz_becomes(p.admin, 503).await,
+        "readyz stays 200 at max_connections"
+    );
+    let resp = get(&format!("http://{}/real", p.addr), &[]).await;
+    assert_eq!(body_bytes(resp).await, "fine");
+    assert!(
+        closed_by_proxy(&mut oldest).await,
+        "the oldest silent socket was kept"
+    );
+    // The newer one is still open: writing a request now gets it served.
+    newer
+        .write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut newer).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn at_max_connections_a_connection_with_a_request_in_flight_is_never_closed() {
+    let tokens: Vec<String> = (0..8).map(|i| format!("t{i} ")).collect();
+    let t2 = tokens.clone();
+    let up = MockUpstream::start(move |parts, _| match parts.uri.path() {
+        "/stream" => Reply::sse(answer(&t2, ms(100))),
+        _ => Reply::plain(200, "text/plain", "fine"),
+    })
+    .await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        // The client may keep the stream's connection open once the stream ends.
+        c.server.idle_timeout.0 = ms(300);
+        c.server.max_connections = 1;
+    })
+    .await;
+    let mut stream = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await);
+    assert_eq!(stream.next().await.expect("first event").event, "thinking");
+    // Queued behind the stream, not served by closing it.
+    let url = format!("http://{}/late", p.addr);
+    let late = tokio::spawn(async move { get(&url, &[]).await });
+    let events = stream.all().await;
+    assert_eq!(text_of(&events), tokens.concat());
+    assert_eq!(events.last().expect("events").event, "done");
+    let resp = tokio::time::timeout(WAIT, late)
+        .await
+        .expect("in time")
+        .expect("join");
+    assert_eq!(body_bytes(resp).await, "fine");
 }
