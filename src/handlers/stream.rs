@@ -64,15 +64,16 @@ async fn start(
     owner: Option<Owner>,
     arrived: Instant,
 ) -> Response<ProxyBody> {
-    let slot = match app.registry.reserve(owner) {
-        Ok(s) => s,
-        Err(why) => return too_many(app, why),
-    };
     let (mut parts, body) = req.into_parts();
     let limit = app.cfg.upstream.max_request_body.bytes();
     let body = match http_util::read_body(body, limit, app.cfg.server.body_read_timeout.0).await {
         Ok(b) => b,
         Err(e) => return e.response(),
+    };
+    // Only after the body: a client that never sends it must not hold a stream slot meanwhile.
+    let slot = match app.registry.reserve(owner) {
+        Ok(s) => s,
+        Err(why) => return too_many(app, why),
     };
     let route_cfg = &app.cfg.streams[idx];
     let model = model_name(route_cfg.model_from.as_ref(), &parts, &body);
