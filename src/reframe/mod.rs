@@ -67,7 +67,7 @@ pub struct ReaderSettings {
 enum End {
     /// The upstream sent a terminal event (already appended).
     Terminal,
-    /// The upstream body ended without one.
+    /// The upstream body ended between events without one.
     Eof,
     /// Owner pressed Stop.
     Cancelled,
@@ -252,7 +252,7 @@ where
                 _ = sleep_opt(batch_at) => self.flush(Instant::now()),
                 frame = timeout_at(idle_at, self.body.frame()) => match frame {
                     Err(_) => return End::Error(ErrorCode::UpstreamTimeout),
-                    Ok(None) => return End::Eof,
+                    Ok(None) => return self.at_eof(),
                     Ok(Some(Err(e))) => {
                         tracing::warn!(error = %e, "upstream body failed");
                         return End::Error(ErrorCode::UpstreamReset);
@@ -268,6 +268,16 @@ where
                 },
             }
         }
+    }
+
+    /// The end of the upstream body: a complete answer only when it ends between events.
+    fn at_eof(&mut self) -> End {
+        if self.parser.finish() {
+            // A close-delimited body cut mid-event looks like a clean end to HTTP.
+            tracing::warn!("upstream body ended in the middle of an event");
+            return End::Error(ErrorCode::UpstreamReset);
+        }
+        End::Eof
     }
 
     /// Parses a chunk and handles its events; `Some` when the stream must end.
@@ -363,9 +373,6 @@ where
             End::Terminal => Outcome::Completed,
             End::Eof => {
                 self.flush(now);
-                if self.parser.finish() {
-                    tracing::debug!("unfinished upstream event discarded at end of stream");
-                }
                 self.final_progress(now);
                 self.append(
                     Some("done"),

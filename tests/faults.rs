@@ -1,0 +1,262 @@
+//! A misbehaving upstream, injected at the byte level: every fault ends the stream with the right
+//! coded `error` event (or a real completion), the right `outcome` label, and bounded memory.
+//!
+//! The cases, and what each must end with:
+//!
+//! | fault | end | outcome |
+//! |---|---|---|
+//! | close (FIN) in the middle of an event, no length, no chunks | `upstream_reset`, recoverable | `error` |
+//! | close at an event boundary without a terminal event | `done {"total_tokens":N}` | `completed` |
+//! | chunked body closed without its last chunk | `upstream_reset`, recoverable | `error` |
+//! | `Content-Length` body closed early | `upstream_reset`, recoverable | `error` |
+//! | TCP reset at seeded random byte offsets (close-delimited and chunked) | `upstream_reset`, recoverable | `error` |
+//! | stall (headers sent, then nothing) | `upstream_timeout`, recoverable | `error` |
+//! | a 5xx error page written into a running `200` event stream, then close | `upstream_reset` (the event or the chunk framing is cut) | `error` |
+//! | a `500` answer with an event-stream body | passed through as the backend's `500`; no stream starts | none |
+//! | junk lines between events | ignored (not SSE fields); the answer completes exactly | `completed` |
+//! | binary junk without a line end, over `max_event_bytes` | `upstream_malformed`, not recoverable | `error` |
+//! | one data line over `max_event_bytes` | `upstream_malformed`, not recoverable | `error` |
+//! | an endless comment line | costs no memory, the answer completes | `completed` |
+//! | one byte at a time (close-delimited, and one chunk per byte) | the answer completes byte-exact | `completed` |
+//! | gzip / deflate / br although `identity` was asked | decoded; the answer completes byte-exact | `completed` |
+//! | an unknown `Content-Encoding` | `upstream_malformed`, not recoverable | `error` |
+//! | a corrupt compressed body | `upstream_malformed`, not recoverable | `error` |
+//! | a compressed body cut short | `upstream_reset`, recoverable | `error` |
+
+mod common;
+
+use bytes::Bytes;
+use common::raw::{chunk, head, last_chunk, sse_head, Framing, Raw, RawUpstream};
+use common::*;
+use sse_proxy::config::Config;
+use std::time::Duration;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Small limits, so that every bound is reached by a small test.
+const MAX_EVENT: usize = 4 * 1024;
+const MAX_STREAM: usize = 16 * 1024;
+const MAX_TOTAL: usize = 64 * 1024;
+
+fn limits(c: &mut Config) {
+    c.upstream.max_event_bytes.0 = MAX_EVENT as u64;
+    c.resume.max_stream_bytes.0 = MAX_STREAM as u64;
+    c.resume.max_total_bytes.0 = MAX_TOTAL as u64;
+    c.upstream.idle_timeout.0 = Duration::from_secs(5);
+}
+
+/// The reference answer: `thinking`, `n` tokens `w0 w1 …`, `done` (CRLF line ends).
+fn answer_bytes(n: usize) -> Vec<u8> {
+    let tokens: Vec<String> = (0..n).map(|i| format!("w{i} ")).collect();
+    let mut out = Vec::new();
+    for step in answer(&tokens, Duration::ZERO) {
+        if let Step::Bytes(b) = step {
+            out.extend_from_slice(&b);
+        }
+    }
+    out
+}
+
+fn answer_text(n: usize) -> String {
+    (0..n).map(|i| format!("w{i} ")).collect()
+}
+
+/// Token events only, no terminal event.
+fn tokens_bytes(tokens: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in tokens {
+        if let Step::Bytes(b) = tok(t) {
+            out.extend_from_slice(&b);
+        }
+    }
+    out
+}
+
+fn bytes(b: &[u8]) -> Raw {
+    Raw::Bytes(Bytes::copy_from_slice(b))
+}
+
+fn finished(metrics: &str, outcome: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("sse_proxy_streams_finished_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// How a case must end.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// The upstream's own `done` (the reference answer's).
+    Terminal,
+    /// The proxy's `done {"total_tokens":N}`.
+    Done,
+    /// An `error` event with this code and `recoverable`.
+    Error(&'static str, bool),
+}
+
+impl End {
+    fn outcome(self) -> &'static str {
+        match self {
+            End::Terminal | End::Done => "completed",
+            End::Error(..) => "error",
+        }
+    }
+}
+
+/// Runs one stream through the proxy and checks how it ended, the outcome metric, and that the
+/// logs stayed within their limits. Returns the events.
+async fn check(p: &TestProxy, end: End) -> Vec<Ev> {
+    let before = metrics_text(p.admin).await;
+    let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let events = Events::new(resp).all().await;
+    assert_gapless(&events, 1);
+    let last = events.last().expect("events");
+    match end {
+        End::Terminal => {
+            assert_eq!((last.event.as_str(), last.data.as_str()), ("done", r#"{"status": "complete"}"#));
+        }
+        End::Done => {
+            assert_eq!(last.event, "done", "{events:?}");
+            let tokens = text_of(&events).split_inclusive(' ').count();
+            assert_eq!(last.json()["total_tokens"], tokens as u64, "{events:?}");
+        }
+        End::Error(code, recoverable) => {
+            assert_eq!(last.event, "error", "{events:?}");
+            assert_eq!(last.json()["code"], code, "{events:?}");
+            assert_eq!(last.json()["recoverable"], recoverable, "{events:?}");
+            assert!(!events.iter().any(|e| e.event == "done"), "{events:?}");
+        }
+    }
+    let outcome = end.outcome();
+    let counted = wait_async(|| async {
+        let after = metrics_text(p.admin).await;
+        finished(&after, outcome) == finished(&before, outcome) + 1.0
+    })
+    .await;
+    assert!(counted, "outcome {outcome} counted once");
+    let after = metrics_text(p.admin).await;
+    for other in ["completed", "cancelled", "abandoned", "error", "shutdown"] {
+        if other != outcome {
+            assert_eq!(finished(&after, other), finished(&before, other), "outcome {other}");
+        }
+    }
+    assert_memory_bounded(p).await;
+    events
+}
+
+/// Polls an async condition until it holds or `WAIT` passes.
+async fn wait_async<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+}
+
+/// Every log within `max_stream_bytes`, all of them within `max_total_bytes` (as `/streams` and
+/// `sse_proxy_log_bytes` report them).
+async fn assert_memory_bounded(p: &TestProxy) {
+    let list = json_of(&body_bytes(get(&format!("http://{}/streams", p.admin), &[]).await).await);
+    let mut total = 0;
+    for s in list["streams"].as_array().or(list.as_array()).expect("stream list") {
+        let b = s["bytes"].as_u64().expect("bytes") as usize;
+        assert!(b <= MAX_STREAM, "one log holds {b} bytes: {s}");
+        total += b;
+    }
+    assert!(total <= MAX_TOTAL, "logs hold {total} bytes");
+    assert!(p.app.registry.budget().held() <= MAX_TOTAL);
+    let gauge = metric(&metrics_text(p.admin).await, "sse_proxy_log_bytes");
+    assert!(gauge <= MAX_TOTAL as f64, "sse_proxy_log_bytes {gauge}");
+}
+
+async fn raw_proxy<F>(script: F) -> (RawUpstream, TestProxy)
+where
+    F: Fn(usize) -> Vec<Raw> + Send + Sync + 'static,
+{
+    let up = RawUpstream::start(script).await;
+    let p = proxy(up.addr, limits).await;
+    (up, p)
+}
+
+/// Learned answers for the test route.
+fn learned(p: &TestProxy) -> usize {
+    p.app.learner.as_ref().expect("progress on").samples("/stream", "default")
+}
+
+// ------------------------------------------------------------------------------------------
+// Truncation: an answer cut short never looks complete.
+
+#[tokio::test]
+async fn close_in_the_middle_of_an_event_is_a_reset_and_is_not_learned() {
+    let _g = metrics_exclusive().await;
+    let mut body = tokens_bytes(&["a ", "b ", "c ", "d ", "e "]);
+    body.extend_from_slice(b"data: {\"content\": \"tru");
+    let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Close, &[]), bytes(&body), Raw::Close]).await;
+    let events = check(&p, End::Error("upstream_reset", true)).await;
+    assert_eq!(text_of(&events), "a b c d e ");
+    assert_eq!(learned(&p), 0, "a truncated answer was learned");
+}
+
+#[tokio::test]
+async fn close_at_an_event_boundary_is_a_complete_answer() {
+    let _g = metrics_exclusive().await;
+    let body = tokens_bytes(&["a ", "b ", "c "]);
+    let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Close, &[]), bytes(&body), Raw::Close]).await;
+    let events = check(&p, End::Done).await;
+    assert_eq!(text_of(&events), "a b c ");
+    assert_eq!(learned(&p), 1);
+}
+
+#[tokio::test]
+async fn a_field_line_without_its_blank_line_is_a_reset() {
+    let _g = metrics_exclusive().await;
+    let mut body = tokens_bytes(&["a "]);
+    body.extend_from_slice(b"event: thinking\r\ndata: {}\r\n");
+    let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Close, &[]), bytes(&body), Raw::Close]).await;
+    let events = check(&p, End::Error("upstream_reset", true)).await;
+    assert_eq!(text_of(&events), "a ");
+}
+
+#[tokio::test]
+async fn chunked_body_without_its_last_chunk_is_a_reset() {
+    let _g = metrics_exclusive().await;
+    let body = tokens_bytes(&["a ", "b "]);
+    let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Chunked, &[]), chunk(&body), Raw::Close]).await;
+    let events = check(&p, End::Error("upstream_reset", true)).await;
+    assert_eq!(text_of(&events), "a b ");
+    assert_eq!(learned(&p), 0);
+}
+
+#[tokio::test]
+async fn chunked_body_with_its_last_chunk_completes() {
+    let _g = metrics_exclusive().await;
+    let body = tokens_bytes(&["a ", "b "]);
+    let (_up, p) = raw_proxy(move |_| {
+        vec![sse_head(Framing::Chunked, &[]), chunk(&body), last_chunk(), Raw::Hang]
+    })
+    .await;
+    let events = check(&p, End::Done).await;
+    assert_eq!(text_of(&events), "a b ");
+}
+
+#[tokio::test]
+async fn content_length_body_closed_early_is_a_reset() {
+    let _g = metrics_exclusive().await;
+    let body = tokens_bytes(&["a ", "b "]);
+    let n = body.len() + 100;
+    let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Length(n), &[]), bytes(&body), Raw::Close]).await;
+    let events = check(&p, End::Error("upstream_reset", true)).await;
+    assert_eq!(text_of(&events), "a b ");
+}
