@@ -260,3 +260,125 @@ async fn content_length_body_closed_early_is_a_reset() {
     let events = check(&p, End::Error("upstream_reset", true)).await;
     assert_eq!(text_of(&events), "a b ");
 }
+
+// ------------------------------------------------------------------------------------------
+// Compression the proxy did not ask for.
+
+/// The reference answer's events, each compressed and flushed on its own (as a streaming server
+/// compresses), so the pieces can be sent one at a time; the last piece ends the compressed stream.
+async fn compressed_pieces(encoding: &str, n: usize) -> Vec<Bytes> {
+    use async_compression::tokio::write::{BrotliEncoder, GzipEncoder, ZlibEncoder};
+    let tokens: Vec<String> = (0..n).map(|i| format!("w{i} ")).collect();
+    let events: Vec<Bytes> = answer(&tokens, Duration::ZERO)
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Bytes(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    match encoding {
+        "gzip" => pieces(GzipEncoder::new(Vec::new()), |e| e.get_mut(), &events).await,
+        "deflate" => pieces(ZlibEncoder::new(Vec::new()), |e| e.get_mut(), &events).await,
+        "br" => pieces(BrotliEncoder::new(Vec::new()), |e| e.get_mut(), &events).await,
+        other => panic!("no encoder for {other}"),
+    }
+}
+
+async fn pieces<E>(mut enc: E, out: impl Fn(&mut E) -> &mut Vec<u8>, events: &[Bytes]) -> Vec<Bytes>
+where
+    E: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut pieces = Vec::new();
+    for e in events {
+        enc.write_all(e).await.expect("compress");
+        enc.flush().await.expect("flush");
+        pieces.push(Bytes::from(std::mem::take(out(&mut enc))));
+    }
+    enc.shutdown().await.expect("finish");
+    if let Some(last) = pieces.last_mut() {
+        let mut l = last.to_vec();
+        l.extend_from_slice(out(&mut enc));
+        *last = Bytes::from(l);
+    }
+    pieces
+}
+
+fn encoded(encoding: &str, pieces: Vec<Bytes>) -> Reply {
+    let mut r = Reply::sse(pieces.into_iter().map(Step::Bytes).collect());
+    r.headers.push(("content-encoding".into(), encoding.into()));
+    r
+}
+
+async fn mock_proxy(reply: Reply, edit: impl FnOnce(&mut Config)) -> (MockUpstream, TestProxy) {
+    let up = MockUpstream::start(move |_, _| reply.clone()).await;
+    let p = proxy(up.addr, |c| {
+        limits(c);
+        edit(c);
+    })
+    .await;
+    (up, p)
+}
+
+#[tokio::test]
+async fn gzip_deflate_and_br_answers_are_decoded_byte_exact() {
+    let _g = metrics_exclusive().await;
+    for encoding in ["gzip", "deflate", "br"] {
+        let (up, p) = mock_proxy(encoded(encoding, compressed_pieces(encoding, 40).await), |_| {}).await;
+        let events = check(&p, End::Terminal).await;
+        assert_eq!(text_of(&events), answer_text(40), "{encoding}");
+        assert_eq!(events[0].event, "thinking", "{encoding}");
+        assert_eq!(up.last_request().headers["accept-encoding"], "identity");
+    }
+}
+
+#[tokio::test]
+async fn a_compressed_answer_is_decoded_as_it_arrives() {
+    let _g = metrics_exclusive().await;
+    let mut pieces = compressed_pieces("gzip", 3).await;
+    pieces.truncate(2); // thinking and the first token; the rest never comes
+    let mut reply = encoded("gzip", pieces);
+    reply.steps.push(Step::Hang);
+    let (_up, p) = mock_proxy(reply, |c| c.upstream.idle_timeout.0 = ms(500)).await;
+    let events = check(&p, End::Error("upstream_timeout", true)).await;
+    assert_eq!(events[0].event, "thinking");
+    assert_eq!(text_of(&events), "w0 ");
+}
+
+#[tokio::test]
+async fn an_unknown_content_encoding_is_malformed_not_parsed() {
+    let _g = metrics_exclusive().await;
+    let mut reply = Reply::sse(answer(&["a".into(), "b".into()], Duration::ZERO));
+    reply.headers.push(("content-encoding".into(), "zstd".into()));
+    let (_up, p) = mock_proxy(reply, |_| {}).await;
+    let events = check(&p, End::Error("upstream_malformed", false)).await;
+    assert_eq!(text_of(&events), "");
+}
+
+#[tokio::test]
+async fn a_corrupt_compressed_answer_is_malformed() {
+    let _g = metrics_exclusive().await;
+    let mut pieces = compressed_pieces("gzip", 5).await;
+    let mut last = pieces.pop().expect("pieces").to_vec();
+    for b in last.iter_mut() {
+        *b ^= 0x5a;
+    }
+    pieces.push(Bytes::from(last));
+    let (_up, p) = mock_proxy(encoded("gzip", pieces), |_| {}).await;
+    check(&p, End::Error("upstream_malformed", false)).await;
+}
+
+#[tokio::test]
+async fn a_compressed_answer_cut_short_is_a_reset() {
+    let _g = metrics_exclusive().await;
+    let pieces = compressed_pieces("br", 5).await;
+    let (_up, p) = raw_proxy(move |_| {
+        let mut steps = vec![sse_head(Framing::Close, &[("Content-Encoding", "br")])];
+        steps.extend(pieces[..3].iter().cloned().map(Raw::Bytes));
+        steps.push(Raw::Close);
+        steps
+    })
+    .await;
+    let events = check(&p, End::Error("upstream_reset", true)).await;
+    assert_eq!(text_of(&events), "w0 w1 ");
+}

@@ -11,6 +11,7 @@ use crate::ids::StreamId;
 use crate::log::MemoryLog;
 use crate::metrics as m;
 use crate::query;
+use crate::reframe::body::UpstreamBody;
 use crate::reframe::Reader;
 use crate::stream::{Follower, Rejected, Stream};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
@@ -85,7 +86,8 @@ async fn start(
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
     parts.headers.remove("last-event-id");
-    // The proxy parses the answer, so it must not arrive compressed.
+    // The proxy parses the answer: it asks for it uncompressed (and decodes it if it comes
+    // compressed anyway, see `reframe::body`).
     parts
         .headers
         .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -105,6 +107,7 @@ async fn start(
         return Response::from_parts(p, b.map_err(Into::into).boxed_unsync());
     }
     let (resp_parts, body) = resp.into_parts();
+    let body = UpstreamBody::new(body, &resp_parts.headers);
     let id = StreamId::random();
     let log = Arc::new(MemoryLog::new(
         id,

@@ -5,6 +5,7 @@
 //! stream is abandoned, or the proxy shuts down.
 
 pub mod batcher;
+pub mod body;
 pub mod token;
 
 use crate::config::StreamRoute;
@@ -13,6 +14,7 @@ use crate::progress::{Learner, Tracker};
 use crate::sse::{Event, Parser};
 use crate::stream::{Outcome, Registry, Slot, Stream};
 use batcher::{Batcher, Limits};
+use body::BodyError;
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -82,7 +84,8 @@ pub enum ErrorCode {
     UpstreamReset,
     /// The upstream was silent for `idle_timeout`.
     UpstreamTimeout,
-    /// The upstream sent something that is not a valid event stream (oversized event).
+    /// The upstream sent something that is not a valid event stream (an oversized event, a body
+    /// that cannot be decoded).
     UpstreamMalformed,
     /// The proxy is shutting down.
     Shutdown,
@@ -160,8 +163,7 @@ pub struct Reader<B> {
 
 impl<B> Reader<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     /// A reader for `stream`, fed by `body`; `arrived` is when the client's request arrived.
     pub fn new(
@@ -255,7 +257,7 @@ where
                     Ok(None) => return self.at_eof(),
                     Ok(Some(Err(e))) => {
                         tracing::warn!(error = %e, "upstream body failed");
-                        return End::Error(ErrorCode::UpstreamReset);
+                        return End::Error(e.code());
                     }
                     Ok(Some(Ok(frame))) => {
                         idle_at = Instant::now() + self.settings.idle_timeout;
@@ -392,7 +394,7 @@ where
                 let message = match code {
                     ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
                     ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
-                    ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
+                    ErrorCode::UpstreamMalformed => "the backend sent an oversized event or an answer that cannot be decoded",
                     ErrorCode::Shutdown => "the proxy is restarting; ask again",
                     ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
                 };
