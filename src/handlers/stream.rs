@@ -135,7 +135,8 @@ async fn start(
         slot,
         arrived,
     );
-    tokio::spawn(reader.run(app.shutdown.clone()).instrument(span.clone()));
+    app.registry
+        .spawn_reader(reader.run(app.shutdown.clone()).instrument(span.clone()));
     let mut out = event_stream_response(app, follower, 0, span);
     copy_backend_headers(resp_parts.headers, out.headers_mut());
     out

@@ -428,20 +428,27 @@ where
     }
 }
 
-/// Ends the stream's log if its reader stops without doing so (a bug that panicked), so that
-/// followers get an error event and their connections end instead of waiting forever.
+/// Ends the stream's log if its reader stops without doing so, so that followers get an error
+/// event and their connections end instead of waiting forever. A panic is a bug; otherwise the
+/// runtime stopped with the reader still running (readers outlived the shutdown wait).
 struct EndGuard(Arc<Stream>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if self.0.state() == crate::stream::State::Running {
-            tracing::error!("stream reader stopped unexpectedly");
-            m::error("internal");
-            let data = error_data("internal", "the proxy failed while streaming this answer", true);
-            self.0.log.append(Some("error"), &data);
-            self.0.finish(Outcome::Error);
-            self.0.log.close();
+        if self.0.state() != crate::stream::State::Running {
+            return;
         }
+        let (code, message, outcome) = if std::thread::panicking() {
+            tracing::error!("stream reader stopped unexpectedly");
+            ("internal", "the proxy failed while streaming this answer", Outcome::Error)
+        } else {
+            tracing::warn!("stream reader stopped by the runtime before it ended its stream");
+            ("shutdown", "the proxy is restarting; ask again", Outcome::Shutdown)
+        };
+        m::error(code);
+        self.0.log.append(Some("error"), &error_data(code, message, true));
+        self.0.finish(outcome);
+        self.0.log.close();
     }
 }
 
@@ -459,13 +466,22 @@ mod tests {
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog, Read};
 
-    #[test]
-    fn a_reader_that_stops_unexpectedly_still_ends_its_stream() {
+    fn running_stream() -> Arc<Stream> {
         let id = StreamId::random();
         let log = Arc::new(MemoryLog::new(id, 1 << 20, Arc::new(LogBudget::default())));
-        let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
+        Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log))
+    }
+
+    #[test]
+    fn a_reader_that_panics_still_ends_its_stream() {
+        let stream = running_stream();
         stream.log.append(None, "partial");
-        drop(EndGuard(stream.clone()));
+        let s2 = stream.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _guard = EndGuard(s2);
+            panic!("a bug in the reader");
+        }));
+        assert!(panicked.is_err());
         assert!(matches!(
             stream.state(),
             crate::stream::State::Finished(Outcome::Error, _)
@@ -478,5 +494,19 @@ mod tests {
         // A finished stream is left alone.
         drop(EndGuard(stream.clone()));
         assert_eq!(stream.log.last_seq(), 2);
+    }
+
+    #[test]
+    fn a_reader_dropped_by_the_runtime_ends_its_stream_with_shutdown() {
+        let stream = running_stream();
+        drop(EndGuard(stream.clone()));
+        assert!(matches!(
+            stream.state(),
+            crate::stream::State::Finished(Outcome::Shutdown, _)
+        ));
+        let Read::Data { chunk, .. } = stream.log.read_after(0, 1 << 20) else {
+            panic!("an error event was appended");
+        };
+        assert!(String::from_utf8_lossy(&chunk).contains("\"code\":\"shutdown\""));
     }
 }
