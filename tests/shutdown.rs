@@ -67,7 +67,10 @@ async fn sigterm_with_a_detached_stream_logs_no_error_and_exits_0() {
     })
     .await
     .expect("join");
-    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}; log:\n{log}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}; log:\n{log}"
+    );
     let lines: Vec<serde_json::Value> = log
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -318,11 +318,19 @@ async fn requests_waiting_for_their_body_hold_no_stream_slot() {
         .await
         .expect("write");
         let head = read_until(&mut s, b"\r\n\r\n").await;
-        assert!(head.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 100"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         silent.push(s);
     }
     let resp = send("POST", &format!("http://{}/stream", p.addr), &[], "{}").await;
-    assert_eq!(resp.status(), 200, "a request without its body took a stream slot");
+    assert_eq!(
+        resp.status(),
+        200,
+        "a request without its body took a stream slot"
+    );
     let events = Events::new(resp).all().await;
     assert_eq!(text_of(&events), "x");
     assert_eq!(p.app.registry.running(), 0);

@@ -394,7 +394,7 @@ where
                 let message = match code {
                     ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
                     ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
-                    ErrorCode::UpstreamMalformed => "the backend sent an oversized event or an answer that cannot be decoded",
+                    ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
                     ErrorCode::Shutdown => "the proxy is restarting; ask again",
                     ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
                 };
@@ -440,10 +440,18 @@ impl Drop for EndGuard {
         }
         let (code, message, outcome) = if std::thread::panicking() {
             tracing::error!("stream reader stopped unexpectedly");
-            ("internal", "the proxy failed while streaming this answer", Outcome::Error)
+            (
+                "internal",
+                "the proxy failed while streaming this answer",
+                Outcome::Error,
+            )
         } else {
             tracing::warn!("stream reader stopped by the runtime before it ended its stream");
-            ("shutdown", "the proxy is restarting; ask again", Outcome::Shutdown)
+            (
+                "shutdown",
+                "the proxy is restarting; ask again",
+                Outcome::Shutdown,
+            )
         };
         m::error(code);
         self.0.log.append(Some("error"), &error_data(code, message, true));
