@@ -124,11 +124,61 @@ where
         let decoded: Pin<Box<dyn AsyncRead + Send>> = match coding {
             Coding::Gzip => Box::pin(GzipDecoder::new(reader)),
             Coding::Deflate => Box::pin(ZlibDecoder::new(reader)),
-            Coding::Brotli => Box::pin(BrotliDecoder::new(reader)),
+            Coding::Brotli => Box::pin(BrotliDecoder::new(StandardWindow {
+                inner: reader,
+                checked: false,
+            })),
         };
         reader = Box::pin(BufReader::with_capacity(DECODED_CHUNK, decoded));
     }
     ReaderStream::with_capacity(reader, DECODED_CHUNK)
+}
+
+/// The first 7 bits of a brotli stream that uses the large-window extension.
+const LARGE_WINDOW_MARK: u8 = 0b001_0001;
+
+/// Refuses brotli's large-window extension (windows up to 1 GiB, not part of HTTP's `br`), so
+/// that a `br` answer holds at most the standard 16 MiB window.
+struct StandardWindow<R> {
+    inner: R,
+    checked: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> AsyncBufRead for StandardWindow<R> {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        let checked = &mut this.checked;
+        let buf = std::task::ready!(Pin::new(&mut this.inner).poll_fill_buf(cx))?;
+        if let (false, Some(first)) = (*checked, buf.first()) {
+            *checked = true;
+            if first & 0x7f == LARGE_WINDOW_MARK {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "brotli large-window streams are not accepted",
+                )));
+            }
+        }
+        Poll::Ready(Ok(buf))
+    }
+
+    fn consume(mut self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.inner).consume(amt);
+    }
+}
+
+impl<R: AsyncBufRead + Unpin> AsyncRead for StandardWindow<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let data = std::task::ready!(Pin::new(&mut *this).poll_fill_buf(cx))?;
+        let n = data.len().min(out.remaining());
+        out.put_slice(&data[..n]);
+        Pin::new(this).consume(n);
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// A decoder's failure: the inner body's own (a reset), input cut short (a reset), or bytes that
@@ -243,6 +293,24 @@ mod tests {
         let (out, err) = read_all(UpstreamBody::new(body, &headers("gzip"))).await;
         assert!(err.is_none(), "{err:?}");
         assert_eq!(out, b"data: x\n\n");
+    }
+
+    #[tokio::test]
+    async fn brotli_is_decoded_but_not_its_large_window_extension() {
+        let mut e = async_compression::tokio::write::BrotliEncoder::new(Vec::new());
+        e.write_all(b"data: x\n\n").await.expect("compress");
+        e.shutdown().await.expect("finish");
+        let standard = Full::new(Bytes::from(e.into_inner()));
+        let (out, err) = read_all(UpstreamBody::new(standard, &headers("br"))).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(out, b"data: x\n\n");
+        // WBITS 0010001 then the 6-bit large window size: a 1 GiB window.
+        let large = Full::new(Bytes::from_static(&[0x11, 0x0f, 0x00, 0x00]));
+        let (out, err) = read_all(UpstreamBody::new(large, &headers("br"))).await;
+        assert!(out.is_empty());
+        let err = err.expect("refused");
+        assert_eq!(err.code(), ErrorCode::UpstreamMalformed);
+        assert!(err.to_string().contains("large-window"), "{err}");
     }
 
     #[tokio::test]
