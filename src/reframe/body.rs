@@ -212,12 +212,19 @@ where
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
-            Inner::Decoded(s) => match Pin::new(s).poll_next(cx) {
-                Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(classify(e)))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            Inner::Decoded(s) => {
+                // A little input can decode into endless output with no I/O in between: each
+                // decoded chunk spends the task's budget, as a socket read would, so the reader
+                // yields to other tasks.
+                let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+                let next = std::task::ready!(Pin::new(s).poll_next(cx));
+                coop.made_progress();
+                Poll::Ready(match next {
+                    Some(Ok(b)) => Some(Ok(Frame::data(b))),
+                    Some(Err(e)) => Some(Err(classify(e))),
+                    None => None,
+                })
+            }
             Inner::Refused(why) => Poll::Ready(why.take().map(|w| Err(BodyError::Malformed(w)))),
         }
     }
@@ -271,6 +278,23 @@ mod tests {
             }
         }
         (out, None)
+    }
+
+    #[tokio::test]
+    async fn endless_decoded_output_yields_to_other_tasks() {
+        let zeros = 8 << 20;
+        let bomb = Full::new(Bytes::from(gzip(&vec![0u8; zeros]).await));
+        let mut body = UpstreamBody::new(bomb, &headers("gzip"));
+        let mut frames = 0;
+        std::future::poll_fn(|cx| loop {
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(_))) => frames += 1,
+                Poll::Pending => return Poll::Ready(()),
+                other => panic!("decoded all {frames} frames without yielding: {other:?}"),
+            }
+        })
+        .await;
+        assert!(frames < zeros / DECODED_CHUNK, "{frames}");
     }
 
     #[test]
