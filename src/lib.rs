@@ -18,6 +18,7 @@ pub mod ids;
 pub mod log;
 pub mod metrics;
 pub mod progress;
+pub mod protocol;
 pub mod query;
 pub mod reframe;
 pub mod server;
