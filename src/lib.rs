@@ -24,5 +24,6 @@ pub mod reframe;
 pub mod server;
 pub mod sse;
 pub mod stream;
+mod sync;
 pub mod telemetry;
 pub mod upstream;

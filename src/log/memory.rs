@@ -86,8 +86,7 @@ impl MemoryLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means another thread panicked mid-append; the deque is still consistent.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 }
 
