@@ -10,6 +10,7 @@ pub mod token;
 use crate::config::StreamRoute;
 use crate::metrics as m;
 use crate::progress::{Learner, Tracker};
+use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::stream::{Outcome, Registry, Slot, Stream};
 use batcher::{Batcher, Limits};
@@ -75,50 +76,13 @@ enum End {
     Error(ErrorCode),
 }
 
-/// Codes of the `error` events the proxy writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The upstream connection broke mid-answer.
-    UpstreamReset,
-    /// The upstream was silent for `idle_timeout`.
-    UpstreamTimeout,
-    /// The upstream sent something that is not a valid event stream (oversized event).
-    UpstreamMalformed,
-    /// The proxy is shutting down.
-    Shutdown,
-    /// Nobody reattached within `detach_grace`.
-    Abandoned,
-}
-
-impl ErrorCode {
-    /// The wire and metric code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::UpstreamReset => "upstream_reset",
-            ErrorCode::UpstreamTimeout => "upstream_timeout",
-            ErrorCode::UpstreamMalformed => "upstream_malformed",
-            ErrorCode::Shutdown => "shutdown",
-            ErrorCode::Abandoned => "abandoned",
-        }
+/// How a stream that ended with `code` is counted.
+fn outcome(code: ErrorCode) -> Outcome {
+    match code {
+        ErrorCode::Shutdown => Outcome::Shutdown,
+        ErrorCode::Abandoned => Outcome::Abandoned,
+        _ => Outcome::Error,
     }
-
-    /// Whether asking again may succeed.
-    fn recoverable(self) -> bool {
-        !matches!(self, ErrorCode::UpstreamMalformed | ErrorCode::Abandoned)
-    }
-
-    fn outcome(self) -> Outcome {
-        match self {
-            ErrorCode::Shutdown => Outcome::Shutdown,
-            ErrorCode::Abandoned => Outcome::Abandoned,
-            _ => Outcome::Error,
-        }
-    }
-}
-
-/// The `data` of an error event.
-pub fn error_data(code: &str, message: &str, recoverable: bool) -> String {
-    serde_json::json!({ "code": code, "message": message, "recoverable": recoverable }).to_string()
 }
 
 /// Metric handles used per event, resolved once per stream instead of once per token.
@@ -312,7 +276,7 @@ where
     }
 
     fn append(&self, event: Option<&str>, data: &str) {
-        let event = event.filter(|e| *e != "message");
+        let event = event.filter(|e| *e != protocol::EVENT_MESSAGE);
         self.stream.log.append(event, data);
         self.metrics.downstream_events.increment(1);
         self.registry.enforce_budget();
@@ -329,7 +293,7 @@ where
             metrics::histogram!(m::TTFT).record(now.saturating_duration_since(self.arrived).as_secs_f64());
         }
         let n = batch.tokens as u64;
-        self.append(None, &token::batch_json(&batch.text, batch.tokens));
+        self.append(None, &protocol::batch(&batch.text, batch.tokens));
         self.tokens += n;
         self.stream.add_tokens(n);
         self.metrics.tokens.increment(n);
@@ -352,7 +316,7 @@ where
 
     fn append_progress(&self, snap: &impl serde::Serialize) {
         if let Ok(data) = serde_json::to_string(snap) {
-            self.append(Some("progress"), &data);
+            self.append(Some(protocol::EVENT_PROGRESS), &data);
         }
     }
 
@@ -367,33 +331,19 @@ where
                     tracing::debug!("unfinished upstream event discarded at end of stream");
                 }
                 self.final_progress(now);
-                self.append(
-                    Some("done"),
-                    &serde_json::json!({ "total_tokens": self.tokens }).to_string(),
-                );
+                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, false));
                 Outcome::Completed
             }
             End::Cancelled => {
                 self.flush(now);
-                let data = serde_json::json!({ "total_tokens": self.tokens, "cancelled": true });
-                self.append(Some("done"), &data.to_string());
+                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, true));
                 Outcome::Cancelled
             }
             End::Error(code) => {
                 self.flush(now);
                 m::error(code.as_str());
-                let message = match code {
-                    ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
-                    ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
-                    ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
-                    ErrorCode::Shutdown => "the proxy is restarting; ask again",
-                    ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
-                };
-                self.append(
-                    Some("error"),
-                    &error_data(code.as_str(), message, code.recoverable()),
-                );
-                code.outcome()
+                self.append(Some(protocol::EVENT_ERROR), &protocol::error(code));
+                outcome(code)
             }
         }
     }
@@ -427,9 +377,9 @@ impl Drop for EndGuard {
     fn drop(&mut self) {
         if self.0.state() == crate::stream::State::Running {
             tracing::error!("stream reader stopped unexpectedly");
-            m::error("internal");
-            let data = error_data("internal", "the proxy failed while streaming this answer", true);
-            self.0.log.append(Some("error"), &data);
+            m::error(ErrorCode::Internal.as_str());
+            let data = protocol::error(ErrorCode::Internal);
+            self.0.log.append(Some(protocol::EVENT_ERROR), &data);
             self.0.finish(Outcome::Error);
             self.0.log.close();
         }
