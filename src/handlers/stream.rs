@@ -10,12 +10,13 @@ use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::MemoryLog;
 use crate::metrics as m;
+use crate::protocol;
 use crate::query;
 use crate::reframe::body::UpstreamBody;
 use crate::reframe::Reader;
 use crate::stream::{Follower, Rejected, Stream};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -174,13 +175,12 @@ pub fn event_stream_response(
     span: tracing::Span,
 ) -> Response<ProxyBody> {
     let id = follower.stream().id.to_string();
-    let mut preamble = BytesMut::new();
-    crate::sse::encode_retry(&mut preamble, app.cfg.resume.client_retry.0.as_millis() as u64);
+    let preamble = protocol::retry_preamble(app.cfg.resume.client_retry.0.as_millis() as u64);
     let settings = CursorSettings {
         heartbeat: app.cfg.heartbeat.interval.0,
         max_write_bytes: app.cfg.limits.max_write_bytes.bytes(),
     };
-    let cursor = Cursor::new(follower, after, preamble.freeze(), settings);
+    let cursor = Cursor::new(follower, after, preamble, settings);
     let body = cursor.into_body();
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);

@@ -4,7 +4,7 @@
 //! anyway. `gzip`, `deflate` (zlib, as HTTP defines it) and `br` are decoded as the bytes arrive,
 //! one bounded buffer at a time; an unknown coding is refused, never parsed as event-stream bytes.
 
-use super::ErrorCode;
+use crate::protocol::ErrorCode;
 use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder};
 use bytes::Bytes;
 use futures_util::Stream;

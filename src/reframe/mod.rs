@@ -11,6 +11,7 @@ pub mod token;
 use crate::config::StreamRoute;
 use crate::metrics as m;
 use crate::progress::{Learner, Tracker};
+use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::stream::{Outcome, Registry, Slot, Stream};
 use batcher::{Batcher, Limits};
@@ -77,51 +78,13 @@ enum End {
     Error(ErrorCode),
 }
 
-/// Codes of the `error` events the proxy writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The upstream connection broke mid-answer.
-    UpstreamReset,
-    /// The upstream was silent for `idle_timeout`.
-    UpstreamTimeout,
-    /// The upstream sent something that is not a valid event stream (an oversized event, a body
-    /// that cannot be decoded).
-    UpstreamMalformed,
-    /// The proxy is shutting down.
-    Shutdown,
-    /// Nobody reattached within `detach_grace`.
-    Abandoned,
-}
-
-impl ErrorCode {
-    /// The wire and metric code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::UpstreamReset => "upstream_reset",
-            ErrorCode::UpstreamTimeout => "upstream_timeout",
-            ErrorCode::UpstreamMalformed => "upstream_malformed",
-            ErrorCode::Shutdown => "shutdown",
-            ErrorCode::Abandoned => "abandoned",
-        }
+/// How a stream that ended with `code` is counted.
+fn outcome(code: ErrorCode) -> Outcome {
+    match code {
+        ErrorCode::Shutdown => Outcome::Shutdown,
+        ErrorCode::Abandoned => Outcome::Abandoned,
+        _ => Outcome::Error,
     }
-
-    /// Whether asking again may succeed.
-    fn recoverable(self) -> bool {
-        !matches!(self, ErrorCode::UpstreamMalformed | ErrorCode::Abandoned)
-    }
-
-    fn outcome(self) -> Outcome {
-        match self {
-            ErrorCode::Shutdown => Outcome::Shutdown,
-            ErrorCode::Abandoned => Outcome::Abandoned,
-            _ => Outcome::Error,
-        }
-    }
-}
-
-/// The `data` of an error event.
-pub fn error_data(code: &str, message: &str, recoverable: bool) -> String {
-    serde_json::json!({ "code": code, "message": message, "recoverable": recoverable }).to_string()
 }
 
 /// Metric handles used per event, resolved once per stream instead of once per token.
@@ -324,7 +287,7 @@ where
     }
 
     fn append(&self, event: Option<&str>, data: &str) {
-        let event = event.filter(|e| *e != "message");
+        let event = event.filter(|e| *e != protocol::EVENT_MESSAGE);
         self.stream.log.append(event, data);
         self.metrics.downstream_events.increment(1);
         self.registry.enforce_budget();
@@ -341,7 +304,7 @@ where
             metrics::histogram!(m::TTFT).record(now.saturating_duration_since(self.arrived).as_secs_f64());
         }
         let n = batch.tokens as u64;
-        self.append(None, &token::batch_json(&batch.text, batch.tokens));
+        self.append(None, &protocol::batch(&batch.text, batch.tokens));
         self.tokens += n;
         self.stream.add_tokens(n);
         self.metrics.tokens.increment(n);
@@ -364,7 +327,7 @@ where
 
     fn append_progress(&self, snap: &impl serde::Serialize) {
         if let Ok(data) = serde_json::to_string(snap) {
-            self.append(Some("progress"), &data);
+            self.append(Some(protocol::EVENT_PROGRESS), &data);
         }
     }
 
@@ -376,33 +339,19 @@ where
             End::Eof => {
                 self.flush(now);
                 self.final_progress(now);
-                self.append(
-                    Some("done"),
-                    &serde_json::json!({ "total_tokens": self.tokens }).to_string(),
-                );
+                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, false));
                 Outcome::Completed
             }
             End::Cancelled => {
                 self.flush(now);
-                let data = serde_json::json!({ "total_tokens": self.tokens, "cancelled": true });
-                self.append(Some("done"), &data.to_string());
+                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, true));
                 Outcome::Cancelled
             }
             End::Error(code) => {
                 self.flush(now);
                 m::error(code.as_str());
-                let message = match code {
-                    ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
-                    ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
-                    ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
-                    ErrorCode::Shutdown => "the proxy is restarting; ask again",
-                    ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
-                };
-                self.append(
-                    Some("error"),
-                    &error_data(code.as_str(), message, code.recoverable()),
-                );
-                code.outcome()
+                self.append(Some(protocol::EVENT_ERROR), &protocol::error(code));
+                outcome(code)
             }
         }
     }
@@ -438,23 +387,17 @@ impl Drop for EndGuard {
         if self.0.state() != crate::stream::State::Running {
             return;
         }
-        let (code, message, outcome) = if std::thread::panicking() {
+        let (code, outcome) = if std::thread::panicking() {
             tracing::error!("stream reader stopped unexpectedly");
-            (
-                "internal",
-                "the proxy failed while streaming this answer",
-                Outcome::Error,
-            )
+            (ErrorCode::Internal, Outcome::Error)
         } else {
             tracing::warn!("stream reader stopped by the runtime before it ended its stream");
-            (
-                "shutdown",
-                "the proxy is restarting; ask again",
-                Outcome::Shutdown,
-            )
+            (ErrorCode::Shutdown, Outcome::Shutdown)
         };
-        m::error(code);
-        self.0.log.append(Some("error"), &error_data(code, message, true));
+        m::error(code.as_str());
+        self.0
+            .log
+            .append(Some(protocol::EVENT_ERROR), &protocol::error(code));
         self.0.finish(outcome);
         self.0.log.close();
     }
