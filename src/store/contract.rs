@@ -69,15 +69,7 @@ fn record(owner: Option<Owner>) -> NewStream {
 
 /// One encoded frame as the log writes it.
 fn frame(id: StreamId, seq: u64, event: Option<&str>, data: &str) -> Bytes {
-    let mut s = format!("id: {id}:{seq}\n");
-    if let Some(e) = event {
-        s.push_str(&format!("event: {e}\n"));
-    }
-    for line in data.split('\n') {
-        s.push_str(&format!("data: {line}\n"));
-    }
-    s.push('\n');
-    Bytes::from(s)
+    crate::protocol::encode_frame(&id.to_string(), seq, event, data)
 }
 
 /// Frames `first..=last` with data `f(seq)`.

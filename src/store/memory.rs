@@ -8,10 +8,11 @@ use super::record::Record;
 use super::{Batch, BoxFuture, Meta, NewStream, Read, Store, StoreError, StoreSettings, Trim, Wait};
 use crate::ids::StreamId;
 use crate::stream::Outcome;
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::future::ready;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
@@ -37,12 +38,6 @@ pub struct MemoryStore {
     max_total_bytes: usize,
     held: AtomicUsize,
     streams: Mutex<Streams>,
-}
-
-/// Locks a mutex; a poisoned one only means a panic elsewhere, and every record stays consistent
-/// between statements that change it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `now + d`, saturating far in the future instead of overflowing.
