@@ -23,6 +23,7 @@ pub mod query;
 pub mod reframe;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod stream;
 mod sync;
 pub mod telemetry;
