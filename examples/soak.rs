@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sse_proxy::sse::Parser;
@@ -839,7 +839,12 @@ async fn run(args: Args) -> ExitCode {
     };
     let _ = std::fs::remove_file(&config);
     let pid = proxy.child.id();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    // The proxy closes a keep-alive connection idle for header_read_timeout: a client reusing one
+    // just then races the close, so idle connections are dropped well before.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(HEADER_READ_TIMEOUT / 2)
+        .build_http::<Empty<Bytes>>();
     let ctx = Arc::new(Ctx {
         proxy: proxy.addr,
         client: client.clone(),

@@ -20,8 +20,13 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 echo "==> soak: building the release proxy and the driver"
-# The paths cargo reports for what it built, wherever CARGO_TARGET_DIR points.
-built=$(cargo build --release --bin sse-proxy --example soak --message-format=json-render-diagnostics |
+# The paths cargo reports for what it built, wherever CARGO_TARGET_DIR points. Two builds: the
+# proxy exactly as `cargo build --release` makes it (an example would add the dev-dependencies'
+# features), and the driver in the dev profile, which reuses what `cargo test` compiled.
+built=$({
+  cargo build --release --bin sse-proxy --message-format=json-render-diagnostics
+  cargo build --example soak --message-format=json-render-diagnostics
+} |
   python3 -c '
 import json, sys
 for line in sys.stdin:
