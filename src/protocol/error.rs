@@ -7,7 +7,8 @@ pub enum ErrorCode {
     UpstreamReset,
     /// The upstream was silent for `idle_timeout`.
     UpstreamTimeout,
-    /// The upstream sent something that is not a valid event stream (oversized event).
+    /// The upstream sent something that is not a valid event stream (an oversized event, a body
+    /// that cannot be decoded).
     UpstreamMalformed,
     /// The proxy is shutting down.
     Shutdown,

@@ -5,6 +5,7 @@
 //! stream is abandoned, or the proxy shuts down.
 
 pub mod batcher;
+pub mod body;
 pub mod token;
 
 use crate::config::StreamRoute;
@@ -14,6 +15,7 @@ use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::stream::{Outcome, Registry, Slot, Stream};
 use batcher::{Batcher, Limits};
+use body::BodyError;
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -68,7 +70,7 @@ pub struct ReaderSettings {
 enum End {
     /// The upstream sent a terminal event (already appended).
     Terminal,
-    /// The upstream body ended without one.
+    /// The upstream body ended between events without one.
     Eof,
     /// Owner pressed Stop.
     Cancelled,
@@ -124,8 +126,7 @@ pub struct Reader<B> {
 
 impl<B> Reader<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     /// A reader for `stream`, fed by `body`; `arrived` is when the client's request arrived.
     pub fn new(
@@ -216,10 +217,10 @@ where
                 _ = sleep_opt(batch_at) => self.flush(Instant::now()),
                 frame = timeout_at(idle_at, self.body.frame()) => match frame {
                     Err(_) => return End::Error(ErrorCode::UpstreamTimeout),
-                    Ok(None) => return End::Eof,
+                    Ok(None) => return self.at_eof(),
                     Ok(Some(Err(e))) => {
                         tracing::warn!(error = %e, "upstream body failed");
-                        return End::Error(ErrorCode::UpstreamReset);
+                        return End::Error(e.code());
                     }
                     Ok(Some(Ok(frame))) => {
                         idle_at = Instant::now() + self.settings.idle_timeout;
@@ -232,6 +233,16 @@ where
                 },
             }
         }
+    }
+
+    /// The end of the upstream body: a complete answer only when it ends between events.
+    fn at_eof(&mut self) -> End {
+        if self.parser.finish() {
+            // A close-delimited body cut mid-event looks like a clean end to HTTP.
+            tracing::warn!("upstream body ended in the middle of an event");
+            return End::Error(ErrorCode::UpstreamReset);
+        }
+        End::Eof
     }
 
     /// Parses a chunk and handles its events; `Some` when the stream must end.
@@ -327,9 +338,6 @@ where
             End::Terminal => Outcome::Completed,
             End::Eof => {
                 self.flush(now);
-                if self.parser.finish() {
-                    tracing::debug!("unfinished upstream event discarded at end of stream");
-                }
                 self.final_progress(now);
                 self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, false));
                 Outcome::Completed
@@ -369,20 +377,29 @@ where
     }
 }
 
-/// Ends the stream's log if its reader stops without doing so (a bug that panicked), so that
-/// followers get an error event and their connections end instead of waiting forever.
+/// Ends the stream's log if its reader stops without doing so, so that followers get an error
+/// event and their connections end instead of waiting forever. A panic is a bug; otherwise the
+/// runtime stopped with the reader still running (readers outlived the shutdown wait).
 struct EndGuard(Arc<Stream>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if self.0.state() == crate::stream::State::Running {
-            tracing::error!("stream reader stopped unexpectedly");
-            m::error(ErrorCode::Internal.as_str());
-            let data = protocol::error(ErrorCode::Internal);
-            self.0.log.append(Some(protocol::EVENT_ERROR), &data);
-            self.0.finish(Outcome::Error);
-            self.0.log.close();
+        if self.0.state() != crate::stream::State::Running {
+            return;
         }
+        let (code, outcome) = if std::thread::panicking() {
+            tracing::error!("stream reader stopped unexpectedly");
+            (ErrorCode::Internal, Outcome::Error)
+        } else {
+            tracing::warn!("stream reader stopped by the runtime before it ended its stream");
+            (ErrorCode::Shutdown, Outcome::Shutdown)
+        };
+        m::error(code.as_str());
+        self.0
+            .log
+            .append(Some(protocol::EVENT_ERROR), &protocol::error(code));
+        self.0.finish(outcome);
+        self.0.log.close();
     }
 }
 
@@ -400,13 +417,22 @@ mod tests {
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog, Read};
 
-    #[test]
-    fn a_reader_that_stops_unexpectedly_still_ends_its_stream() {
+    fn running_stream() -> Arc<Stream> {
         let id = StreamId::random();
         let log = Arc::new(MemoryLog::new(id, 1 << 20, Arc::new(LogBudget::default())));
-        let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
+        Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log))
+    }
+
+    #[test]
+    fn a_reader_that_panics_still_ends_its_stream() {
+        let stream = running_stream();
         stream.log.append(None, "partial");
-        drop(EndGuard(stream.clone()));
+        let s2 = stream.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _guard = EndGuard(s2);
+            panic!("a bug in the reader");
+        }));
+        assert!(panicked.is_err());
         assert!(matches!(
             stream.state(),
             crate::stream::State::Finished(Outcome::Error, _)
@@ -419,5 +445,19 @@ mod tests {
         // A finished stream is left alone.
         drop(EndGuard(stream.clone()));
         assert_eq!(stream.log.last_seq(), 2);
+    }
+
+    #[test]
+    fn a_reader_dropped_by_the_runtime_ends_its_stream_with_shutdown() {
+        let stream = running_stream();
+        drop(EndGuard(stream.clone()));
+        assert!(matches!(
+            stream.state(),
+            crate::stream::State::Finished(Outcome::Shutdown, _)
+        ));
+        let Read::Data { chunk, .. } = stream.log.read_after(0, 1 << 20) else {
+            panic!("an error event was appended");
+        };
+        assert!(String::from_utf8_lossy(&chunk).contains("\"code\":\"shutdown\""));
     }
 }

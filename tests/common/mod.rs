@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod process;
+pub mod raw;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
