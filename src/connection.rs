@@ -7,14 +7,13 @@
 use crate::http_util::ProxyBody;
 use crate::log::{Read, Subscription};
 use crate::metrics as m;
+use crate::protocol::{self, ErrorCode};
 use crate::stream::Follower;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
-
-const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 /// Per-connection write settings.
 #[derive(Debug, Clone, Copy)]
@@ -76,8 +75,8 @@ impl Cursor {
                 Read::Gone => {
                     // The log dropped events this connection had not read yet (memory bound).
                     self.done = true;
-                    m::error("evicted");
-                    return Some(evicted_frame());
+                    m::error(ErrorCode::Evicted.as_str());
+                    return Some(protocol::error_frame(ErrorCode::Evicted));
                 }
                 Read::Pending => {}
             }
@@ -85,7 +84,7 @@ impl Cursor {
             if timeout_at(beat_at, self.sub.changed()).await.is_err() {
                 self.last_write = Instant::now();
                 m::counter_inc(m::HEARTBEATS);
-                return Some(Bytes::from_static(HEARTBEAT));
+                return Some(Bytes::from_static(protocol::HEARTBEAT));
             }
         }
     }
@@ -98,17 +97,6 @@ impl Cursor {
         });
         StreamBody::new(s).boxed_unsync()
     }
-}
-
-fn evicted_frame() -> Bytes {
-    let data = crate::reframe::error_data(
-        "evicted",
-        "this connection fell too far behind and the events it missed were dropped",
-        false,
-    );
-    let mut buf = bytes::BytesMut::new();
-    crate::sse::encode_event(&mut buf, None, Some("error"), &data);
-    buf.freeze()
 }
 
 #[cfg(test)]

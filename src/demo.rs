@@ -9,6 +9,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,21 +35,15 @@ const SENTENCES: &[&str] = &[
 
 /// Deterministic answer tokens for a question (same question, same answer).
 pub fn answer_tokens(question: &str) -> Vec<String> {
-    let mut seed = question.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    // FNV-1a of the question seeds the generator.
+    let seed = question.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) | 1;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
     // A shuffled selection of distinct sentences, so answers read naturally and differ per question.
     let mut order: Vec<usize> = (0..SENTENCES.len()).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    let count = 7 + (next() % 5) as usize;
+    order.shuffle(&mut rng);
+    let count = rng.gen_range(7..=11);
     let mut tokens = Vec::new();
     for (i, &k) in order.iter().take(count).enumerate() {
         if i > 0 && i % 3 == 0 {
@@ -73,16 +70,14 @@ async fn backend(req: Request<Incoming>) -> Response<ProxyBody> {
         "/api/question/stream" => {
             let q = crate::query::param(&uri, "question").unwrap_or_default();
             let tokens = answer_tokens(&q);
-            let s = futures_util::stream::unfold((0usize, tokens, 0u64), |(i, tokens, mut rng)| async move {
-                rng = rng
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+            let start = (0usize, tokens, StdRng::seed_from_u64(0));
+            let s = futures_util::stream::unfold(start, |(i, tokens, mut rng)| async move {
                 let frame = if i == 0 {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     sse(Some("thinking"), r#"{"status":"thinking"}"#)
                 } else if i <= tokens.len() {
                     // 30-60 tokens/s, jittered like a real model.
-                    tokio::time::sleep(Duration::from_millis(16 + (rng >> 33) % 18)).await;
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(16..34))).await;
                     sse(None, &serde_json::json!({ "content": tokens[i - 1] }).to_string())
                 } else if i == tokens.len() + 1 {
                     sse(Some("done"), r#"{"status":"complete"}"#)

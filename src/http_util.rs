@@ -48,6 +48,16 @@ pub fn has_content_type(headers: &http::HeaderMap, mime: &str) -> bool {
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(mime))
 }
 
+/// The comma-separated tokens of every `Connection` header, trimmed (empty ones included).
+pub fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// A response with a status and no body.
 pub fn status(status: StatusCode) -> Response<ProxyBody> {
     let mut resp = Response::new(empty());
@@ -163,5 +173,23 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_tokens_over_every_header() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static(" x-custom ,,"));
+        let tokens: Vec<&str> = connection_tokens(&h).collect();
+        assert_eq!(tokens, ["keep-alive", "Upgrade", "x-custom", "", ""]);
+        assert_eq!(connection_tokens(&http::HeaderMap::new()).count(), 0);
     }
 }

@@ -9,6 +9,16 @@ use std::hash::Hasher;
 pub struct Owner(u128);
 
 impl Owner {
+    /// The hash as bytes, as a shared store keeps it.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// An owner from bytes written by [`Owner::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Owner(u128::from_be_bytes(bytes))
+    }
+
     /// A fixed owner for tests.
     #[cfg(test)]
     pub fn test(n: u128) -> Self {

@@ -124,6 +124,8 @@ impl Bound {
             }
         }
         serve_main(self.main, app.clone()).await;
+        let grace = app.cfg.server.shutdown_grace.0 + Duration::from_secs(5);
+        app.registry.wait_readers(grace).await;
         if let Some(learner) = app.learner.clone() {
             save_learner(learner).await;
         }

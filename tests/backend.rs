@@ -249,3 +249,43 @@ async fn backend_pings_are_dropped_and_proxy_heartbeats_sent() {
         "expected proxy heartbeats during the 3.5 s wait, got {beats}: {raw}"
     );
 }
+
+/// Under scripts/test.sh or CI a missing venv fails; only a person running by hand may skip.
+#[test]
+fn a_missing_venv_fails_unless_run_by_hand() {
+    use backend::locate_python;
+    use std::path::{Path, PathBuf};
+    let venv = PathBuf::from("/repo/examples/fastapi-backend/.venv/bin/python");
+    let named = PathBuf::from("/elsewhere/bin/python");
+    let none = |_: &Path| false;
+    let only = |want: &'static str| move |p: &Path| p == Path::new(want);
+
+    let err = locate_python(None, venv.clone(), true, none).expect_err("required");
+    assert!(err.contains("venv is missing"), "{err}");
+    assert_eq!(locate_python(None, venv.clone(), false, none), Ok(None));
+    for required in [true, false] {
+        let err = locate_python(Some(named.clone()), venv.clone(), required, none).expect_err("named");
+        assert!(
+            err.contains("SSE_PROXY_PYTHON=/elsewhere/bin/python does not exist"),
+            "{err}"
+        );
+        assert_eq!(
+            locate_python(
+                Some(named.clone()),
+                venv.clone(),
+                required,
+                only("/elsewhere/bin/python")
+            ),
+            Ok(Some(named.clone()))
+        );
+        assert_eq!(
+            locate_python(
+                None,
+                venv.clone(),
+                required,
+                only("/repo/examples/fastapi-backend/.venv/bin/python")
+            ),
+            Ok(Some(venv.clone()))
+        );
+    }
+}

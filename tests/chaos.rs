@@ -3,43 +3,22 @@
 mod common;
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::time::Duration;
 
 const STREAMS: usize = 200;
 const SEED: u64 = 0x5EED_CAFE_F00D_0001;
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 /// Stream `n`'s tokens (distinct per stream) and the gap between them, derived from `n` only.
 fn script(n: usize) -> (Vec<String>, Duration) {
-    let mut rng = Rng::new(SEED ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let count = rng.range(100, 200) as usize;
+    let mut rng = StdRng::seed_from_u64(SEED ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let count = rng.gen_range(100..=200);
     let tokens = (0..count)
-        .map(|i| format!("s{n}.t{i}:{:x} ", rng.next() % 4096))
+        .map(|i| format!("s{n}.t{i}:{:x} ", rng.gen_range(0..4096)))
         .collect();
-    (tokens, Duration::from_millis(rng.range(2, 5)))
+    (tokens, Duration::from_millis(rng.gen_range(2..=5)))
 }
 
 /// What one client saw.
@@ -49,8 +28,8 @@ struct Outcome {
 }
 
 async fn client(addr: std::net::SocketAddr, n: usize) -> Outcome {
-    let mut rng = Rng::new(SEED.wrapping_add(n as u64 * 7919));
-    let planned = rng.range(1, 5) as usize;
+    let mut rng = StdRng::seed_from_u64(SEED.wrapping_add(n as u64 * 7919));
+    let planned = rng.gen_range(1..=5);
     let url = format!("http://{addr}/s/{n}");
     let mut sid: Option<String> = None;
     let mut last_seq = 0u64;
@@ -70,7 +49,7 @@ async fn client(addr: std::net::SocketAddr, n: usize) -> Outcome {
         );
         let mut evs = Events::new(resp);
         // The first cut comes early so that every client cuts at least once.
-        let cut_after = (cuts < planned).then(|| rng.range(0, if cuts == 0 { 2 } else { 8 }) as usize);
+        let cut_after = (cuts < planned).then(|| rng.gen_range(0..=if cuts == 0 { 2 } else { 8 }));
         let mut read = 0;
         let mut finished = false;
         while cut_after.is_none_or(|k| read < k) {
@@ -97,7 +76,7 @@ async fn client(addr: std::net::SocketAddr, n: usize) -> Outcome {
         assert!(cut_after.is_some(), "stream {n}: the body ended without done");
         drop(evs);
         cuts += 1;
-        tokio::time::sleep(Duration::from_millis(rng.range(0, 20))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=20))).await;
     }
     Outcome {
         text: text_of(&events),

@@ -50,6 +50,7 @@ struct Proc {
     addr: SocketAddr,
     admin: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Proc {
@@ -74,7 +75,7 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("stderr");
         let e2 = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
@@ -113,6 +114,7 @@ impl Proc {
             addr,
             admin,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -141,6 +143,14 @@ impl Proc {
 
     fn stderr(&self) -> String {
         self.stderr.lock().expect("lock").clone()
+    }
+
+    /// All of stderr, once the process has exited (waits for the reader to see the end of the pipe).
+    fn stderr_to_end(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr()
     }
 }
 
@@ -468,17 +478,13 @@ async fn json_logs_carry_the_stream_id() {
     let events = Events::new(resp).all().await;
     assert_eq!(text_of(&events), "ab");
     p.sigterm();
-    let st = tokio::task::spawn_blocking(move || {
-        let st = p.wait_exit(Duration::from_secs(10));
-        (st, p)
+    let (st, err) = tokio::task::spawn_blocking(move || {
+        let st = p.wait_exit(WAIT);
+        (st, p.stderr_to_end())
     })
     .await
     .expect("join");
-    let (st, p) = st;
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
-    // The stderr reader thread may lag the exit by a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let err = p.stderr();
     let lines: Vec<serde_json::Value> = err
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -528,7 +534,8 @@ async fn sigterm_drains_then_ends_long_streams_with_shutdown() {
 
     // New connections are refused once draining starts.
     let mut refused = false;
-    while t0.elapsed() < Duration::from_millis(800) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(p.addr).await.is_err() {
             refused = true;
             break;
@@ -539,13 +546,10 @@ async fn sigterm_drains_then_ends_long_streams_with_shutdown() {
         refused,
         "the main listener still accepts connections after SIGTERM"
     );
-    // The admin listener stays up while draining and says not ready.
+    // The admin listener stays up while draining and says not ready (its answer also shows the
+    // process was still running, draining, when the main listener refused).
     let resp = get(&format!("http://{}/readyz", p.admin), &[]).await;
     assert_eq!(resp.status(), 503);
-    assert!(
-        t0.elapsed() < Duration::from_secs(1),
-        "readyz checked after the grace; the test is too slow"
-    );
 
     let short_events = tokio::time::timeout(WAIT, short_task)
         .await
@@ -573,13 +577,8 @@ async fn sigterm_drains_then_ends_long_streams_with_shutdown() {
     );
     assert!(!long_events.iter().any(|e| e.event == "done"));
 
-    let st = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(5)))
+    let st = tokio::task::spawn_blocking(move || p.wait_exit(WAIT))
         .await
         .expect("join");
     assert!(st.is_some_and(|s| s.success()), "exit status {st:?}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(6),
-        "exit took {:?}",
-        t0.elapsed()
-    );
 }

@@ -171,7 +171,7 @@ async fn unusable_ids_all_get_the_same_410() {
     assert_eq!(short_events.last().expect("events").event, "done");
     let key = parse_stream_id(&short_sid);
     assert!(
-        wait_for(ms(5000), || p.app.registry.get(&key).is_none()).await,
+        wait_for(WAIT, || p.app.registry.get(&key).is_none()).await,
         "the finished stream expired"
     );
     let r = resume_header(&p, "/s/short", &format!("{short_sid}:1"), Some(alice)).await;
@@ -324,7 +324,7 @@ async fn detach_grace_abandons_the_upstream() {
     assert_eq!(seen.len(), 3);
     let cut = tokio::time::Instant::now();
     assert!(
-        up.wait_closed(1, ms(5000)).await,
+        up.wait_closed(1, WAIT).await,
         "the upstream was cancelled after detach_grace"
     );
     let waited = cut.elapsed();
@@ -545,7 +545,7 @@ async fn max_followers_gives_429_to_the_extra_follower() {
     // A follower leaving frees its place.
     drop(b);
     let stream = p.app.registry.get(&parse_stream_id(&sid)).expect("stream");
-    assert!(wait_for(ms(5000), || stream.followers() == 1).await);
+    assert!(wait_for(WAIT, || stream.followers() == 1).await);
     let c = resume_header(&p, "/stream", &format!("{sid}:0"), None).await;
     assert_eq!(c.status(), 200);
 }
@@ -598,7 +598,7 @@ async fn admin_lists_streams_without_content_or_identity() {
     drop(evs);
     let key = parse_stream_id(&sid);
     let detached = || p.app.registry.get(&key).is_some_and(|s| s.followers() == 0);
-    assert!(wait_for(ms(5000), detached).await);
+    assert!(wait_for(WAIT, detached).await);
     let v = json_of(&body_bytes(get(&format!("http://{}/streams", p.admin), &[]).await).await);
     let s = v["streams"]
         .as_array()

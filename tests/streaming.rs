@@ -6,6 +6,8 @@ use bytes::Bytes;
 use common::*;
 use std::time::Duration;
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -58,25 +60,20 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
 
 #[tokio::test]
 async fn first_token_is_not_delayed() {
-    // Token 2 comes 3 s after token 1: token 1 must arrive on its own, long before that.
-    let steps = vec![
-        tok("first"),
-        Step::Sleep(Duration::from_secs(3)),
-        tok("second"),
-        ev(Some("done"), "{}"),
-    ];
+    // Nothing follows token 1, and no timer (batch delay, heartbeat, idle timeout) fires within the
+    // wait of `Events::next`: token 1 must still arrive, on its own.
+    let steps = vec![tok("first"), Step::Hang];
     let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
-    let p = proxy(up.addr, |c| c.batching.max_delay.0 = Duration::from_secs(2)).await;
-    let t0 = tokio::time::Instant::now();
+    let p = proxy(up.addr, |c| {
+        c.batching.max_delay.0 = HOUR;
+        c.heartbeat.interval.0 = HOUR;
+        c.upstream.idle_timeout.0 = HOUR;
+    })
+    .await;
     let mut evs = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await);
     let first = evs.next().await.expect("first event");
     assert_eq!(first.json()["content"], "first");
     assert_eq!(first.json()["batch_size"], 1);
-    assert!(
-        t0.elapsed() < Duration::from_secs(2),
-        "first token took {:?}",
-        t0.elapsed()
-    );
 }
 
 #[tokio::test]
@@ -299,4 +296,56 @@ async fn slow_request_body_on_a_stream_route_gets_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"error\":\"body_timeout\""), "{text}");
     assert_eq!(up.requests(), 0, "nothing went upstream");
+}
+
+#[tokio::test]
+async fn requests_waiting_for_their_body_hold_no_stream_slot() {
+    use tokio::io::AsyncWriteExt;
+    let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("x"), ev(Some("done"), "{}")])).await;
+    let p = proxy(up.addr, |c| c.limits.max_streams = 2).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.expect("connect");
+        // `Expect: 100-continue` makes the proxy say when it starts reading the body, so the test
+        // knows the request reached the stream handler before the real one is sent.
+        s.write_all(
+            b"POST /stream HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let head = read_until(&mut s, b"\r\n\r\n").await;
+        assert!(
+            head.starts_with(b"HTTP/1.1 100"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        silent.push(s);
+    }
+    let resp = send("POST", &format!("http://{}/stream", p.addr), &[], "{}").await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "a request without its body took a stream slot"
+    );
+    let events = Events::new(resp).all().await;
+    assert_eq!(text_of(&events), "x");
+    assert_eq!(p.app.registry.running(), 0);
+    drop(silent);
+}
+
+/// Reads from `s` until `end` has been received; returns everything read.
+async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(end.len()).any(|w| w == end) {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
 }

@@ -85,7 +85,7 @@ impl RateLimit {
 
     /// Takes one token if available.
     pub fn allow(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.state);
         let now = Instant::now();
         let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.per_second;
         s.0 = (s.0 + refill).min(self.per_second);

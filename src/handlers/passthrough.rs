@@ -67,12 +67,7 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` plus `Upgrade: ...`).
 fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = http_util::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 

@@ -10,11 +10,13 @@ use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::MemoryLog;
 use crate::metrics as m;
+use crate::protocol;
 use crate::query;
+use crate::reframe::body::UpstreamBody;
 use crate::reframe::Reader;
 use crate::stream::{Follower, Rejected, Stream};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -64,15 +66,16 @@ async fn start(
     owner: Option<Owner>,
     arrived: Instant,
 ) -> Response<ProxyBody> {
-    let slot = match app.registry.reserve(owner) {
-        Ok(s) => s,
-        Err(why) => return too_many(app, why),
-    };
     let (mut parts, body) = req.into_parts();
     let limit = app.cfg.upstream.max_request_body.bytes();
     let body = match http_util::read_body(body, limit, app.cfg.server.body_read_timeout.0).await {
         Ok(b) => b,
         Err(e) => return e.response(),
+    };
+    // Only after the body: a client that never sends it must not hold a stream slot meanwhile.
+    let slot = match app.registry.reserve(owner) {
+        Ok(s) => s,
+        Err(why) => return too_many(app, why),
     };
     let route_cfg = &app.cfg.streams[idx];
     let model = model_name(route_cfg.model_from.as_ref(), &parts, &body);
@@ -84,7 +87,8 @@ async fn start(
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
     parts.headers.remove("last-event-id");
-    // The proxy parses the answer, so it must not arrive compressed.
+    // The proxy parses the answer: it asks for it uncompressed (and decodes it if it comes
+    // compressed anyway, see `reframe::body`).
     parts
         .headers
         .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
@@ -104,6 +108,7 @@ async fn start(
         return Response::from_parts(p, b.map_err(Into::into).boxed_unsync());
     }
     let (resp_parts, body) = resp.into_parts();
+    let body = UpstreamBody::new(body, &resp_parts.headers);
     let id = StreamId::random();
     let log = Arc::new(MemoryLog::new(
         id,
@@ -131,7 +136,8 @@ async fn start(
         slot,
         arrived,
     );
-    tokio::spawn(reader.run(app.shutdown.clone()).instrument(span.clone()));
+    app.registry
+        .spawn_reader(reader.run(app.shutdown.clone()).instrument(span.clone()));
     let mut out = event_stream_response(app, follower, 0, span);
     copy_backend_headers(resp_parts.headers, out.headers_mut());
     out
@@ -169,13 +175,12 @@ pub fn event_stream_response(
     span: tracing::Span,
 ) -> Response<ProxyBody> {
     let id = follower.stream().id.to_string();
-    let mut preamble = BytesMut::new();
-    crate::sse::encode_retry(&mut preamble, app.cfg.resume.client_retry.0.as_millis() as u64);
+    let preamble = protocol::retry_preamble(app.cfg.resume.client_retry.0.as_millis() as u64);
     let settings = CursorSettings {
         heartbeat: app.cfg.heartbeat.interval.0,
         max_write_bytes: app.cfg.limits.max_write_bytes.bytes(),
     };
-    let cursor = Cursor::new(follower, after, preamble.freeze(), settings);
+    let cursor = Cursor::new(follower, after, preamble, settings);
     let body = cursor.into_body();
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);

@@ -2,10 +2,9 @@
 
 use super::{Read, StreamLog, Subscription};
 use crate::ids::StreamId;
-use crate::sse::write;
+use crate::protocol;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
@@ -87,18 +86,7 @@ impl MemoryLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means another thread panicked mid-append; the deque is still consistent.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn encode(&self, seq: u64, event: Option<&str>, data: &str) -> Bytes {
-        let mut buf = BytesMut::with_capacity(self.id.len() + data.len() + 48);
-        buf.put_slice(b"id: ");
-        buf.put_slice(self.id.as_bytes());
-        // Writing an integer into BytesMut cannot fail.
-        let _ = writeln!(buf, ":{seq}");
-        write::encode_event(&mut buf, None, event, data);
-        buf.freeze()
+        crate::sync::lock(&self.inner)
     }
 }
 
@@ -109,7 +97,7 @@ impl StreamLog for MemoryLog {
             return 0;
         }
         let seq = Self::next_seq(&inner);
-        let frame = self.encode(seq, event, data);
+        let frame = protocol::encode_frame(&self.id, seq, event, data);
         let size = frame.len() + ENTRY_OVERHEAD;
         inner.frames.push_back(frame);
         inner.bytes += size;

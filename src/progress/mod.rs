@@ -9,9 +9,6 @@ mod history;
 mod rate;
 mod tracker;
 
-#[cfg(test)]
-mod test_rng;
-
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -135,7 +135,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::progress::test_rng::Rng;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     const BATCH: u64 = 4;
 
@@ -245,13 +246,13 @@ mod tests {
     #[test]
     fn jitter_within_dead_band_stays_steady() {
         let start = Instant::now();
-        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+        let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
         let mut m = RateMeter::new();
         let mut t = Duration::ZERO;
         m.on_tokens(BATCH, start);
         // Every batch's own rate is off by up to ±14%.
         let trends = feed(&mut m, &mut t, start, 60.0, || {
-            30.0 * (1.0 + 0.28 * (rng.next_f64() - 0.5))
+            30.0 * (1.0 + 0.28 * (rng.gen::<f64>() - 0.5))
         });
         assert!(trends.len() > 300);
         assert!(trends.iter().all(|&tr| tr == Trend::Steady));

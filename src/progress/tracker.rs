@@ -225,8 +225,9 @@ fn round1(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::test_rng::Rng;
     use crate::progress::{ModelPrior, Options};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     fn learner(opts: &Options) -> Arc<Learner> {
         Arc::new(Learner::new(opts))
@@ -246,27 +247,27 @@ mod tests {
     #[test]
     fn randomized_streams_keep_invariants() {
         for seed in 1..=300u64 {
-            let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let l = learner(&Options::default());
-            for _ in 0..rng.range(0, 40) {
-                l.record("/r", "m", rng.range(1, 800));
+            for _ in 0..rng.gen_range(0..=40) {
+                l.record("/r", "m", rng.gen_range(1..=800));
             }
-            let every = rng.range(1, 30) as usize;
-            let min_interval = Duration::from_millis(rng.range(0, 500));
+            let every = rng.gen_range(1..=30);
+            let min_interval = Duration::from_millis(rng.gen_range(0..=500));
             let start = Instant::now();
             let mut t = start;
             let mut tr = tracker(&l, every, min_interval, start);
-            let total = rng.range(0, 1500);
+            let total = rng.gen_range(0..=1500);
             let mut sent = 0u64;
             let mut prev: Option<(Instant, Progress)> = None;
             while sent < total {
-                let n = rng.range(1, 20).min(total - sent);
+                let n = rng.gen_range(1..=20).min(total - sent);
                 sent += n;
-                t += Duration::from_millis(rng.range(0, 300));
+                t += Duration::from_millis(rng.gen_range(0..=300));
                 tr.on_tokens(n, t);
                 // Other streams finishing meanwhile move the estimate both ways.
-                if rng.range(0, 30) == 0 {
-                    l.record("/r", "m", rng.range(1, 2000));
+                if rng.gen_range(0..=30) == 0 {
+                    l.record("/r", "m", rng.gen_range(1..=2000));
                 }
                 if !tr.due(t) {
                     continue;
@@ -286,7 +287,7 @@ mod tests {
                 }
                 prev = Some((t, p));
             }
-            t += Duration::from_millis(rng.range(0, 300));
+            t += Duration::from_millis(rng.gen_range(0..=300));
             let f = tr.finish(t);
             assert_eq!(f.tokens, total, "seed {seed}");
             assert_eq!(f.estimated_total, total, "seed {seed}");
@@ -463,19 +464,28 @@ mod tests {
         assert!(err > 0.6 && err < 0.7, "{err}");
     }
 
+    /// A log-normal answer length with the given median and sigma (Box-Muller), at least 1.
+    fn lognormal_len(rng: &mut StdRng, median: f64, sigma: f64) -> u64 {
+        // 1 - u is in (0, 1], so ln never sees 0.
+        let u1 = 1.0 - rng.gen::<f64>();
+        let u2 = rng.gen::<f64>();
+        let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        ((median * (sigma * normal).exp()).round() as u64).max(1)
+    }
+
     /// Fraction of `eval` log-normal answers whose estimate at 25% of their
     /// length is within 25% of it, after learning `learn` answers:
     /// (via the tracker's shown estimate, via the estimator at exactly ceil(L/4)).
     fn quarter_accuracy(sigma: f64, seed: u64, learn: usize, eval: usize) -> (f64, f64) {
         let l = learner(&Options::default());
-        let mut rng = Rng::new(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
         for _ in 0..learn {
-            l.record("/r", "m", rng.lognormal_len(300.0, sigma));
+            l.record("/r", "m", lognormal_len(&mut rng, 300.0, sigma));
         }
         let (mut shown_hits, mut exact_hits) = (0, 0);
         let start = Instant::now();
         for _ in 0..eval {
-            let len = rng.lognormal_len(300.0, sigma);
+            let len = lognormal_len(&mut rng, 300.0, sigma);
             let direct = l.estimate("/r", "m", len.div_ceil(4)).total;
             if direct.abs_diff(len) as f64 <= 0.25 * len as f64 {
                 exact_hits += 1;
@@ -484,9 +494,9 @@ mod tests {
             let mut t = start;
             let mut sent = 0;
             while sent < len {
-                let n = rng.range(1, 4).min(len - sent);
+                let n = rng.gen_range(1..=4).min(len - sent);
                 sent += n;
-                t += Duration::from_millis(rng.range(20, 80) * n);
+                t += Duration::from_millis(rng.gen_range(20..=80) * n);
                 tr.on_tokens(n, t);
                 if tr.due(t) {
                     tr.snapshot(t);

@@ -5,14 +5,17 @@
 //! stream is abandoned, or the proxy shuts down.
 
 pub mod batcher;
+pub mod body;
 pub mod token;
 
 use crate::config::StreamRoute;
 use crate::metrics as m;
 use crate::progress::{Learner, Tracker};
+use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::stream::{Outcome, Registry, Slot, Stream};
 use batcher::{Batcher, Limits};
+use body::BodyError;
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -67,7 +70,7 @@ pub struct ReaderSettings {
 enum End {
     /// The upstream sent a terminal event (already appended).
     Terminal,
-    /// The upstream body ended without one.
+    /// The upstream body ended between events without one.
     Eof,
     /// Owner pressed Stop.
     Cancelled,
@@ -75,50 +78,13 @@ enum End {
     Error(ErrorCode),
 }
 
-/// Codes of the `error` events the proxy writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The upstream connection broke mid-answer.
-    UpstreamReset,
-    /// The upstream was silent for `idle_timeout`.
-    UpstreamTimeout,
-    /// The upstream sent something that is not a valid event stream (oversized event).
-    UpstreamMalformed,
-    /// The proxy is shutting down.
-    Shutdown,
-    /// Nobody reattached within `detach_grace`.
-    Abandoned,
-}
-
-impl ErrorCode {
-    /// The wire and metric code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::UpstreamReset => "upstream_reset",
-            ErrorCode::UpstreamTimeout => "upstream_timeout",
-            ErrorCode::UpstreamMalformed => "upstream_malformed",
-            ErrorCode::Shutdown => "shutdown",
-            ErrorCode::Abandoned => "abandoned",
-        }
+/// How a stream that ended with `code` is counted.
+fn outcome(code: ErrorCode) -> Outcome {
+    match code {
+        ErrorCode::Shutdown => Outcome::Shutdown,
+        ErrorCode::Abandoned => Outcome::Abandoned,
+        _ => Outcome::Error,
     }
-
-    /// Whether asking again may succeed.
-    fn recoverable(self) -> bool {
-        !matches!(self, ErrorCode::UpstreamMalformed | ErrorCode::Abandoned)
-    }
-
-    fn outcome(self) -> Outcome {
-        match self {
-            ErrorCode::Shutdown => Outcome::Shutdown,
-            ErrorCode::Abandoned => Outcome::Abandoned,
-            _ => Outcome::Error,
-        }
-    }
-}
-
-/// The `data` of an error event.
-pub fn error_data(code: &str, message: &str, recoverable: bool) -> String {
-    serde_json::json!({ "code": code, "message": message, "recoverable": recoverable }).to_string()
 }
 
 /// Metric handles used per event, resolved once per stream instead of once per token.
@@ -160,8 +126,7 @@ pub struct Reader<B> {
 
 impl<B> Reader<B>
 where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     /// A reader for `stream`, fed by `body`; `arrived` is when the client's request arrived.
     pub fn new(
@@ -252,10 +217,10 @@ where
                 _ = sleep_opt(batch_at) => self.flush(Instant::now()),
                 frame = timeout_at(idle_at, self.body.frame()) => match frame {
                     Err(_) => return End::Error(ErrorCode::UpstreamTimeout),
-                    Ok(None) => return End::Eof,
+                    Ok(None) => return self.at_eof(),
                     Ok(Some(Err(e))) => {
                         tracing::warn!(error = %e, "upstream body failed");
-                        return End::Error(ErrorCode::UpstreamReset);
+                        return End::Error(e.code());
                     }
                     Ok(Some(Ok(frame))) => {
                         idle_at = Instant::now() + self.settings.idle_timeout;
@@ -268,6 +233,16 @@ where
                 },
             }
         }
+    }
+
+    /// The end of the upstream body: a complete answer only when it ends between events.
+    fn at_eof(&mut self) -> End {
+        if self.parser.finish() {
+            // A close-delimited body cut mid-event looks like a clean end to HTTP.
+            tracing::warn!("upstream body ended in the middle of an event");
+            return End::Error(ErrorCode::UpstreamReset);
+        }
+        End::Eof
     }
 
     /// Parses a chunk and handles its events; `Some` when the stream must end.
@@ -312,7 +287,7 @@ where
     }
 
     fn append(&self, event: Option<&str>, data: &str) {
-        let event = event.filter(|e| *e != "message");
+        let event = event.filter(|e| *e != protocol::EVENT_MESSAGE);
         self.stream.log.append(event, data);
         self.metrics.downstream_events.increment(1);
         self.registry.enforce_budget();
@@ -329,7 +304,7 @@ where
             metrics::histogram!(m::TTFT).record(now.saturating_duration_since(self.arrived).as_secs_f64());
         }
         let n = batch.tokens as u64;
-        self.append(None, &token::batch_json(&batch.text, batch.tokens));
+        self.append(None, &protocol::batch(&batch.text, batch.tokens));
         self.tokens += n;
         self.stream.add_tokens(n);
         self.metrics.tokens.increment(n);
@@ -352,7 +327,7 @@ where
 
     fn append_progress(&self, snap: &impl serde::Serialize) {
         if let Ok(data) = serde_json::to_string(snap) {
-            self.append(Some("progress"), &data);
+            self.append(Some(protocol::EVENT_PROGRESS), &data);
         }
     }
 
@@ -363,37 +338,20 @@ where
             End::Terminal => Outcome::Completed,
             End::Eof => {
                 self.flush(now);
-                if self.parser.finish() {
-                    tracing::debug!("unfinished upstream event discarded at end of stream");
-                }
                 self.final_progress(now);
-                self.append(
-                    Some("done"),
-                    &serde_json::json!({ "total_tokens": self.tokens }).to_string(),
-                );
+                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, false));
                 Outcome::Completed
             }
             End::Cancelled => {
                 self.flush(now);
-                let data = serde_json::json!({ "total_tokens": self.tokens, "cancelled": true });
-                self.append(Some("done"), &data.to_string());
+                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, true));
                 Outcome::Cancelled
             }
             End::Error(code) => {
                 self.flush(now);
                 m::error(code.as_str());
-                let message = match code {
-                    ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
-                    ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
-                    ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
-                    ErrorCode::Shutdown => "the proxy is restarting; ask again",
-                    ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
-                };
-                self.append(
-                    Some("error"),
-                    &error_data(code.as_str(), message, code.recoverable()),
-                );
-                code.outcome()
+                self.append(Some(protocol::EVENT_ERROR), &protocol::error(code));
+                outcome(code)
             }
         }
     }
@@ -419,20 +377,29 @@ where
     }
 }
 
-/// Ends the stream's log if its reader stops without doing so (a bug that panicked), so that
-/// followers get an error event and their connections end instead of waiting forever.
+/// Ends the stream's log if its reader stops without doing so, so that followers get an error
+/// event and their connections end instead of waiting forever. A panic is a bug; otherwise the
+/// runtime stopped with the reader still running (readers outlived the shutdown wait).
 struct EndGuard(Arc<Stream>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if self.0.state() == crate::stream::State::Running {
-            tracing::error!("stream reader stopped unexpectedly");
-            m::error("internal");
-            let data = error_data("internal", "the proxy failed while streaming this answer", true);
-            self.0.log.append(Some("error"), &data);
-            self.0.finish(Outcome::Error);
-            self.0.log.close();
+        if self.0.state() != crate::stream::State::Running {
+            return;
         }
+        let (code, outcome) = if std::thread::panicking() {
+            tracing::error!("stream reader stopped unexpectedly");
+            (ErrorCode::Internal, Outcome::Error)
+        } else {
+            tracing::warn!("stream reader stopped by the runtime before it ended its stream");
+            (ErrorCode::Shutdown, Outcome::Shutdown)
+        };
+        m::error(code.as_str());
+        self.0
+            .log
+            .append(Some(protocol::EVENT_ERROR), &protocol::error(code));
+        self.0.finish(outcome);
+        self.0.log.close();
     }
 }
 
@@ -450,13 +417,22 @@ mod tests {
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog, Read};
 
-    #[test]
-    fn a_reader_that_stops_unexpectedly_still_ends_its_stream() {
+    fn running_stream() -> Arc<Stream> {
         let id = StreamId::random();
         let log = Arc::new(MemoryLog::new(id, 1 << 20, Arc::new(LogBudget::default())));
-        let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
+        Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log))
+    }
+
+    #[test]
+    fn a_reader_that_panics_still_ends_its_stream() {
+        let stream = running_stream();
         stream.log.append(None, "partial");
-        drop(EndGuard(stream.clone()));
+        let s2 = stream.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _guard = EndGuard(s2);
+            panic!("a bug in the reader");
+        }));
+        assert!(panicked.is_err());
         assert!(matches!(
             stream.state(),
             crate::stream::State::Finished(Outcome::Error, _)
@@ -469,5 +445,19 @@ mod tests {
         // A finished stream is left alone.
         drop(EndGuard(stream.clone()));
         assert_eq!(stream.log.last_seq(), 2);
+    }
+
+    #[test]
+    fn a_reader_dropped_by_the_runtime_ends_its_stream_with_shutdown() {
+        let stream = running_stream();
+        drop(EndGuard(stream.clone()));
+        assert!(matches!(
+            stream.state(),
+            crate::stream::State::Finished(Outcome::Shutdown, _)
+        ));
+        let Read::Data { chunk, .. } = stream.log.read_after(0, 1 << 20) else {
+            panic!("an error event was appended");
+        };
+        assert!(String::from_utf8_lossy(&chunk).contains("\"code\":\"shutdown\""));
     }
 }

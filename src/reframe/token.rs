@@ -121,21 +121,6 @@ impl<'de> Visitor<'de> for Find<'_> {
     }
 }
 
-/// The downstream data of a batch: `{"content":"...","batch_size":N}`.
-pub fn batch_json(text: &str, tokens: usize) -> String {
-    #[derive(serde::Serialize)]
-    struct Out<'a> {
-        content: &'a str,
-        batch_size: usize,
-    }
-    // Serializing a struct of a str and an integer cannot fail.
-    serde_json::to_string(&Out {
-        content: text,
-        batch_size: tokens,
-    })
-    .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,13 +168,5 @@ mod tests {
             extract(data, Some(&Pointer::parse("/content"))),
             Some(Cow::Borrowed(_))
         ));
-    }
-
-    #[test]
-    fn batch_json_escapes() {
-        let j = batch_json("a\"b\\c\nd é 日本 😀", 3);
-        let v: serde_json::Value = serde_json::from_str(&j).expect("json");
-        assert_eq!(v["content"], "a\"b\\c\nd é 日本 😀");
-        assert_eq!(v["batch_size"], 3);
     }
 }

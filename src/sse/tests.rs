@@ -1,4 +1,6 @@
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::parse::{Event, ParseError, Parser, Text};
 use super::write::{encode_comment, encode_event, encode_retry};
@@ -359,19 +361,23 @@ fn text_api() {
 
 #[test]
 fn invalid_utf8_never_panics() {
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
     for _ in 0..300 {
-        let len = rng.below(40);
+        let len = rng.gen_range(0..40);
         let input: Vec<u8> = (0..len)
-            .map(|_| match rng.below(4) {
-                0 => b"\n\r:d"[rng.below(4)],
-                1 => b"data"[rng.below(4)],
-                _ => rng.next() as u8,
+            .map(|_| match rng.gen_range(0..4) {
+                0 => b"\n\r:d"[rng.gen_range(0..4)],
+                1 => b"data"[rng.gen_range(0..4)],
+                _ => rng.gen::<u8>(),
             })
             .collect();
         let whole = run(&input, &[], BIG);
         for _ in 0..8 {
-            let mut cuts = [rng.below(len + 1), rng.below(len + 1), rng.below(len + 1)];
+            let mut cuts = [
+                rng.gen_range(0..=len),
+                rng.gen_range(0..=len),
+                rng.gen_range(0..=len),
+            ];
             cuts.sort_unstable();
             assert_eq!(run(&input, &cuts, BIG), whole, "{input:?} at {cuts:?}");
         }
@@ -444,51 +450,34 @@ fn encode_retry_frames() {
     }
 }
 
-/// xorshift64: tiny deterministic PRNG for property tests.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn string(&mut self, max_pieces: usize) -> String {
-        const PIECES: &[&str] = &[
-            "a",
-            "b",
-            "z",
-            " ",
-            "  ",
-            ":",
-            ": ",
-            "\n",
-            "\r",
-            "\r\n",
-            "\n\r",
-            "é",
-            "€",
-            "😀",
-            "\u{FEFF}",
-            "\0",
-            "data: ",
-            "event:",
-            "id",
-            "retry: 1",
-            "{\"content\":\"tok\"}",
-        ];
-        (0..self.below(max_pieces + 1))
-            .map(|_| PIECES[self.below(PIECES.len())])
-            .collect()
-    }
+/// Up to `max_pieces` pieces chosen to stress the parser and encoder.
+fn random_string(rng: &mut StdRng, max_pieces: usize) -> String {
+    const PIECES: &[&str] = &[
+        "a",
+        "b",
+        "z",
+        " ",
+        "  ",
+        ":",
+        ": ",
+        "\n",
+        "\r",
+        "\r\n",
+        "\n\r",
+        "é",
+        "€",
+        "😀",
+        "\u{FEFF}",
+        "\0",
+        "data: ",
+        "event:",
+        "id",
+        "retry: 1",
+        "{\"content\":\"tok\"}",
+    ];
+    (0..rng.gen_range(0..=max_pieces))
+        .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
+        .collect()
 }
 
 /// What a client reads back: CRLF and CR in data become LF.
@@ -504,26 +493,26 @@ fn strip(s: &str, nul: bool) -> String {
 
 #[test]
 fn round_trip_random() {
-    let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+    let mut rng = StdRng::seed_from_u64(0x2545_F491_4F6C_DD1D);
     for round in 0..400 {
         let mut wire = BytesMut::new();
         encode_retry(&mut wire, 1000);
         let mut expected = Vec::new();
         let mut last_id: Option<String> = None;
-        for _ in 0..rng.below(6) {
-            let data = rng.string(12);
-            let id = match rng.below(3) {
+        for _ in 0..rng.gen_range(0..6) {
+            let data = random_string(&mut rng, 12);
+            let id = match rng.gen_range(0..3) {
                 0 => None,
-                _ => Some(rng.string(3)),
+                _ => Some(random_string(&mut rng, 3)),
             };
-            let event = match rng.below(4) {
+            let event = match rng.gen_range(0..4) {
                 0 => None,
                 1 => Some("message".to_owned()),
-                _ => Some(rng.string(3)),
+                _ => Some(random_string(&mut rng, 3)),
             };
             encode_event(&mut wire, id.as_deref(), event.as_deref(), &data);
-            if rng.below(3) == 0 {
-                encode_comment(&mut wire, &rng.string(4));
+            if rng.gen_range(0..3) == 0 {
+                encode_comment(&mut wire, &random_string(&mut rng, 4));
             }
             if let Some(id) = &id {
                 last_id = Some(strip(id, true)).filter(|s| !s.is_empty());
@@ -536,7 +525,11 @@ fn round_trip_random() {
         }
         assert!(!wire.contains(&b'\r'), "no CR on the wire");
         let len = wire.len();
-        let mut cuts = [rng.below(len + 1), rng.below(len + 1), rng.below(len + 1)];
+        let mut cuts = [
+            rng.gen_range(0..=len),
+            rng.gen_range(0..=len),
+            rng.gen_range(0..=len),
+        ];
         cuts.sort_unstable();
         let out = run(&wire, &cuts, BIG);
         assert_eq!(

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 /// Why a stream or a connection to one was refused (answered `429`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +83,7 @@ pub struct Registry {
     max_per_owner: usize,
     max_total_bytes: usize,
     retention: Duration,
+    readers: TaskTracker,
 }
 
 /// A reserved running-stream slot; released on drop.
@@ -122,11 +124,32 @@ impl Registry {
             max_per_owner,
             max_total_bytes,
             retention,
+            readers: TaskTracker::new(),
+        }
+    }
+
+    /// Runs a stream's reader task, tracked so that shutdown can wait for it to end its stream.
+    pub fn spawn_reader<F>(&self, reader: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.readers.spawn(reader);
+    }
+
+    /// Waits up to `within` for every reader to end (each ends its stream within `shutdown_grace`
+    /// once shutdown starts), so that none is dropped mid-stream when the runtime stops.
+    pub async fn wait_readers(&self, within: Duration) {
+        self.readers.close();
+        if tokio::time::timeout(within, self.readers.wait()).await.is_err() {
+            tracing::warn!(
+                running = self.readers.len(),
+                "stream readers still running after the grace period"
+            );
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// The shared byte budget of all logs.

@@ -18,30 +18,57 @@ impl Drop for Backend {
     }
 }
 
-/// The Python that has the backend's requirements: `$SSE_PROXY_PYTHON`, else the example's `.venv`.
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("SSE_PROXY_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/fastapi-backend/.venv/bin/python");
-    venv.exists().then_some(venv)
+/// Whether every suite must run: scripts/test.sh sets `SSE_PROXY_REQUIRE_ALL=1`, CI sets `CI`.
+pub fn require_all() -> bool {
+    std::env::var("SSE_PROXY_REQUIRE_ALL").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
 }
 
-/// Starts the backend, or returns `None` (with a note) when its venv is missing outside CI.
-/// In CI (`CI` set) a missing venv is a failure, never a skip.
+/// The Python that has the backend's requirements: `python` (from `$SSE_PROXY_PYTHON`) when given,
+/// else `venv`. `Ok(None)` (skip) only when a person runs the tests by hand without the venv; under
+/// scripts/test.sh or CI (`required`) and for a named Python that does not exist, an error.
+pub fn locate_python(
+    python: Option<PathBuf>,
+    venv: PathBuf,
+    required: bool,
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> Result<Option<PathBuf>, String> {
+    if let Some(p) = python {
+        return if exists(&p) {
+            Ok(Some(p))
+        } else {
+            Err(format!("SSE_PROXY_PYTHON={} does not exist", p.display()))
+        };
+    }
+    if exists(&venv) {
+        Ok(Some(venv))
+    } else if required {
+        Err(format!(
+            "the reference backend's venv is missing ({}): scripts/test.sh creates it and exports SSE_PROXY_PYTHON",
+            venv.display()
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Starts the backend, or returns `None` (with a printed SKIPPED line) when a person runs the tests
+/// by hand without its venv. Under scripts/test.sh or CI a missing venv is a failure, never a skip.
 pub fn start() -> Option<Backend> {
     start_with_env(&[])
 }
 
 /// Starts the backend with extra environment variables.
 pub fn start_with_env(env: &[(&str, &str)]) -> Option<Backend> {
-    let Some(py) = python() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the reference backend's venv is missing: run scripts/test.sh (it creates examples/fastapi-backend/.venv)"
-        );
-        eprintln!("SKIPPED: no examples/fastapi-backend/.venv; run scripts/test.sh to set it up");
-        return None;
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/fastapi-backend/.venv/bin/python");
+    let python = std::env::var_os("SSE_PROXY_PYTHON").map(PathBuf::from);
+    let py = match locate_python(python, venv, require_all(), |p| p.exists()) {
+        Ok(Some(py)) => py,
+        Ok(None) => {
+            eprintln!("SKIPPED (run by hand): no examples/fastapi-backend/.venv; scripts/test.sh sets it up");
+            return None;
+        }
+        Err(why) => panic!("{why}"),
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/fastapi-backend");
     let port_file = std::env::temp_dir().join(format!(

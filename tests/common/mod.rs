@@ -3,6 +3,8 @@
 
 pub mod backend;
 pub mod h2raw;
+pub mod process;
+pub mod raw;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

@@ -6,11 +6,48 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
-/** Path of the proxy binary: $SSE_PROXY_BIN or <repo>/target/debug/sse-proxy. */
-export const PROXY_BIN = process.env.SSE_PROXY_BIN ?? fileURLToPath(new URL('../../../../target/debug/sse-proxy', import.meta.url));
+/** The binary a person gets from `cargo build` in this repository (used only when run by hand). */
+export const DEFAULT_PROXY_BIN = fileURLToPath(new URL('../../../../target/debug/sse-proxy', import.meta.url));
 
-/** Why proxy tests must be skipped (binary missing), or false. */
-export const skipProxy = existsSync(PROXY_BIN) ? false : `proxy binary not found at ${PROXY_BIN}`;
+/** Whether every suite must run (scripts/test.sh sets SSE_PROXY_REQUIRE_ALL=1; CI sets CI). */
+export function requireAll(env) {
+  const ci = env.CI ?? '';
+  return env.SSE_PROXY_REQUIRE_ALL === '1' || (ci !== '' && ci !== '0' && ci !== 'false');
+}
+
+/**
+ * Where the proxy binary is: `{ bin, skip }`, `skip` being false or why the proxy tests are skipped.
+ * Under scripts/test.sh or CI the binary must be the one named by $SSE_PROXY_BIN, else this throws;
+ * only a person running one suite by hand may skip, when <repo>/target/debug/sse-proxy is missing.
+ */
+export function locateProxy(env, exists = existsSync) {
+  const named = env.SSE_PROXY_BIN || undefined;
+  if (requireAll(env)) {
+    if (!named) {
+      throw new Error('SSE_PROXY_REQUIRE_ALL/CI is set but SSE_PROXY_BIN is not: run scripts/test.sh, which exports the built binary');
+    }
+    if (!exists(named)) throw new Error(`SSE_PROXY_BIN=${named} does not exist`);
+    return { bin: named, skip: false };
+  }
+  if (named) {
+    if (!exists(named)) throw new Error(`SSE_PROXY_BIN=${named} does not exist`);
+    return { bin: named, skip: false };
+  }
+  if (exists(DEFAULT_PROXY_BIN)) return { bin: DEFAULT_PROXY_BIN, skip: false };
+  return {
+    bin: DEFAULT_PROXY_BIN,
+    skip: `run by hand without the proxy binary: ${DEFAULT_PROXY_BIN} is missing (cargo build, or set SSE_PROXY_BIN)`,
+  };
+}
+
+const located = locateProxy(process.env);
+
+/** Path of the proxy binary. */
+export const PROXY_BIN = located.bin;
+
+/** Why proxy tests are skipped (only ever when run by hand), or false. */
+export const skipProxy = located.skip;
+if (skipProxy) console.error(`SKIP ${skipProxy}`);
 
 /** Writes `toml` to a temp file and returns its path. */
 export function configFile(toml) {

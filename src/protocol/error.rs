@@ -1,0 +1,93 @@
+//! The codes of the `error` events the proxy writes, with their messages.
+
+/// Why a stream (or one connection to it) ended with an `error` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The upstream connection broke mid-answer.
+    UpstreamReset,
+    /// The upstream was silent for `idle_timeout`.
+    UpstreamTimeout,
+    /// The upstream sent something that is not a valid event stream (an oversized event, a body
+    /// that cannot be decoded).
+    UpstreamMalformed,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// Nobody reattached within `detach_grace`.
+    Abandoned,
+    /// This connection fell behind events dropped under the memory bounds.
+    Evicted,
+    /// The proxy itself failed while streaming.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the order `PROTOCOL.md` lists them.
+    pub const ALL: [ErrorCode; 7] = [
+        ErrorCode::UpstreamReset,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::UpstreamMalformed,
+        ErrorCode::Shutdown,
+        ErrorCode::Abandoned,
+        ErrorCode::Evicted,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire and metric code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UpstreamReset => "upstream_reset",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamMalformed => "upstream_malformed",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::Abandoned => "abandoned",
+            ErrorCode::Evicted => "evicted",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The human-readable `message`.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::UpstreamReset => "the backend connection broke before the answer was complete",
+            ErrorCode::UpstreamTimeout => "the backend sent nothing for too long",
+            ErrorCode::UpstreamMalformed => "the backend sent an invalid or oversized event",
+            ErrorCode::Shutdown => "the proxy is restarting; ask again",
+            ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
+            ErrorCode::Evicted => "this connection fell too far behind and the events it missed were dropped",
+            ErrorCode::Internal => "the proxy failed while streaming this answer",
+        }
+    }
+
+    /// Whether asking again may succeed.
+    pub fn recoverable(self) -> bool {
+        !matches!(
+            self,
+            ErrorCode::UpstreamMalformed | ErrorCode::Abandoned | ErrorCode::Evicted
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_recoverability() {
+        let table: Vec<(&str, bool)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.recoverable()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                ("upstream_reset", true),
+                ("upstream_timeout", true),
+                ("upstream_malformed", false),
+                ("shutdown", true),
+                ("abandoned", false),
+                ("evicted", false),
+                ("internal", true),
+            ]
+        );
+    }
+}

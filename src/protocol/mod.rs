@@ -1,0 +1,163 @@
+//! The browser-facing wire format (see `PROTOCOL.md`; `clients/js/src/protocol.ts` is its reader).
+//!
+//! Everything the proxy itself writes into a stream response is built here: the `retry:` preamble,
+//! event ids, the data of token batches, `done` and `error` events, and the heartbeat. Upstream
+//! events that pass through keep their own name and data. Another downstream format would be a
+//! module beside this one.
+
+mod error;
+mod event_id;
+
+pub use error::ErrorCode;
+pub use event_id::{EventId, EventIdError, MAX_EVENT_ID_LEN};
+
+use crate::sse;
+use bytes::{Bytes, BytesMut};
+
+/// Event type of token batches: the SSE default, written without an `event:` line.
+pub const EVENT_MESSAGE: &str = "message";
+/// Event type of progress reports.
+pub const EVENT_PROGRESS: &str = "progress";
+/// Event type of the proxy's own normal end of a stream.
+pub const EVENT_DONE: &str = "done";
+/// Event type of the terminal error of a stream or connection.
+pub const EVENT_ERROR: &str = "error";
+
+/// The comment written after the heartbeat interval without a write.
+pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// The first bytes of every stream response: `retry: {ms}`, the client's reconnection delay.
+pub fn retry_preamble(ms: u64) -> Bytes {
+    let mut buf = BytesMut::new();
+    sse::encode_retry(&mut buf, ms);
+    buf.freeze()
+}
+
+/// One event of a stream's log, `id: {stream_id}:{seq}` first; `event` `None` is a `message`.
+pub fn encode_frame(stream_id: &str, seq: u64, event: Option<&str>, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(stream_id.len() + data.len() + 48);
+    event_id::put(&mut buf, stream_id, seq);
+    sse::encode_event(&mut buf, None, event, data);
+    buf.freeze()
+}
+
+/// An `error` event without an id, for an error of one connection rather than of the stream.
+pub fn error_frame(code: ErrorCode) -> Bytes {
+    let mut buf = BytesMut::new();
+    sse::encode_event(&mut buf, None, Some(EVENT_ERROR), &error(code));
+    buf.freeze()
+}
+
+/// The data of a token batch: `{"content":"<text>","batch_size":N}`.
+pub fn batch(text: &str, tokens: usize) -> String {
+    #[derive(serde::Serialize)]
+    struct Batch<'a> {
+        content: &'a str,
+        batch_size: usize,
+    }
+    // Serializing a str and an integer cannot fail.
+    serde_json::to_string(&Batch {
+        content: text,
+        batch_size: tokens,
+    })
+    .unwrap_or_default()
+}
+
+/// The data of the proxy's `done`: `{"total_tokens":N}`, or `{"cancelled":true,"total_tokens":N}`
+/// after Stop.
+pub fn done(total_tokens: u64, cancelled: bool) -> String {
+    if cancelled {
+        format!(r#"{{"cancelled":true,"total_tokens":{total_tokens}}}"#)
+    } else {
+        format!(r#"{{"total_tokens":{total_tokens}}}"#)
+    }
+}
+
+/// The data of an `error` event: `{"code":"…","message":"…","recoverable":…}`.
+pub fn error(code: ErrorCode) -> String {
+    #[derive(serde::Serialize)]
+    struct Error {
+        code: &'static str,
+        message: &'static str,
+        recoverable: bool,
+    }
+    // Serializing two strs and a bool cannot fail.
+    serde_json::to_string(&Error {
+        code: code.as_str(),
+        message: code.message(),
+        recoverable: code.recoverable(),
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_and_heartbeat_bytes() {
+        assert_eq!(&retry_preamble(1000)[..], b"retry: 1000\n\n");
+        assert_eq!(&retry_preamble(0)[..], b"retry: 0\n\n");
+        assert_eq!(HEARTBEAT, b": heartbeat\n\n");
+    }
+
+    #[test]
+    fn frames_carry_stream_and_seq() {
+        let sid = "I1VXJqotTFkkycKPq4BGrA";
+        assert_eq!(
+            &encode_frame(sid, 1, None, r#"{"content":"a","batch_size":1}"#)[..],
+            &b"id: I1VXJqotTFkkycKPq4BGrA:1\ndata: {\"content\":\"a\",\"batch_size\":1}\n\n"[..]
+        );
+        assert_eq!(
+            &encode_frame(sid, 42, Some("thinking"), "b\nc")[..],
+            &b"id: I1VXJqotTFkkycKPq4BGrA:42\nevent: thinking\ndata: b\ndata: c\n\n"[..]
+        );
+        assert_eq!(
+            &encode_frame(sid, u64::MAX, Some(EVENT_MESSAGE), "")[..],
+            &b"id: I1VXJqotTFkkycKPq4BGrA:18446744073709551615\ndata: \n\n"[..]
+        );
+    }
+
+    #[test]
+    fn batch_bytes_and_escaping() {
+        assert_eq!(batch("The", 1), r#"{"content":"The","batch_size":1}"#);
+        assert_eq!(
+            batch("a\"b\\c\nd é 日本 😀", 3),
+            "{\"content\":\"a\\\"b\\\\c\\nd é 日本 😀\",\"batch_size\":3}"
+        );
+    }
+
+    #[test]
+    fn done_bytes() {
+        assert_eq!(done(0, false), r#"{"total_tokens":0}"#);
+        assert_eq!(done(151, false), r#"{"total_tokens":151}"#);
+        assert_eq!(done(7, true), r#"{"cancelled":true,"total_tokens":7}"#);
+    }
+
+    #[test]
+    fn error_bytes() {
+        assert_eq!(
+            error(ErrorCode::Abandoned),
+            r#"{"code":"abandoned","message":"nobody was listening; the answer was stopped","recoverable":false}"#
+        );
+        assert_eq!(
+            error(ErrorCode::Shutdown),
+            r#"{"code":"shutdown","message":"the proxy is restarting; ask again","recoverable":true}"#
+        );
+        assert_eq!(
+            &error_frame(ErrorCode::Evicted)[..],
+            &b"event: error\ndata: {\"code\":\"evicted\",\"message\":\"this connection fell too far behind and the events it missed were dropped\",\"recoverable\":false}\n\n"[..]
+        );
+    }
+
+    #[test]
+    fn every_error_payload_is_what_the_client_reads() {
+        for code in ErrorCode::ALL {
+            let v: serde_json::Value = serde_json::from_str(&error(code)).expect("json");
+            assert_eq!(v["code"], code.as_str());
+            assert_eq!(v["message"], code.message());
+            assert_eq!(v["recoverable"], code.recoverable());
+            assert_eq!(v.as_object().map(|o| o.len()), Some(3));
+        }
+    }
+}
