@@ -6,14 +6,14 @@
   event_id    the Last-Event-ID cases of src/ids.rs's tests, and binary round-trip seeds
   batcher     the scenarios of src/reframe/batcher.rs's tests, in the fuzz input format
 
-Run from anywhere: python3 scripts/fuzz_seeds.py. Existing seed files are replaced; file names
-are content hashes, so running it twice changes nothing.
+Run from anywhere: python3 scripts/fuzz_seeds.py. Seed files are named by their content hash and
+replaced on every run; files with other names (inputs kept after a fuzzing find, such as
+regression-*) are left alone.
 """
 
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +22,11 @@ CORPUS = ROOT / "fuzz" / "corpus"
 
 def write(target, seeds):
     out = CORPUS / target
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # Seeds are named by their SHA-1; inputs with other names (regressions) are kept.
+    for old in out.iterdir():
+        if re.fullmatch(r"[0-9a-f]{40}", old.name):
+            old.unlink()
     for seed in seeds:
         (out / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
     print(f"{target}: {len(set(seeds))} seeds")
