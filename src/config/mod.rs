@@ -508,11 +508,15 @@ impl Config {
     pub fn from_toml_str(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let at = e
+                .span()
+                .and_then(|s| text.get(s.start..))
+                .and_then(|t| t.chars().next());
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
                 col,
-                message: explain(e.message()),
+                message: explain(e.message(), at),
             }
         })?;
         cfg.validate().map_err(|(at, message)| {
@@ -700,8 +704,22 @@ impl Config {
 }
 
 /// A parse error message, with what is expected added where serde's own message says only what
-/// is missing.
-fn explain(message: &str) -> String {
+/// is missing; `at` is the character the error points at.
+fn explain(message: &str, at: Option<char>) -> String {
+    // toml says nothing, or something misleading, about a control character (in a comment, say).
+    match at {
+        Some(c) if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => {
+            return format!(
+                "unexpected control character U+{:04X}: TOML allows no control character except tab, not even in a comment",
+                u32::from(c)
+            );
+        }
+        Some(c) if message.is_empty() => {
+            return format!("unexpected character {c:?} (U+{:04X})", u32::from(c))
+        }
+        None if message.is_empty() => return "invalid TOML".to_string(),
+        _ => {}
+    }
     let hint = match message {
         "missing field `upstream`" => {
             "the [upstream] table is required, with at least url = \"http://HOST:PORT\""

@@ -272,3 +272,25 @@ fn a_file_that_is_not_utf8_is_located() {
     let ok = Config::from_toml_bytes(MINIMAL.as_bytes(), "x").expect("valid");
     assert!(ok.streams.is_empty());
 }
+
+#[test]
+fn control_character_in_a_comment_is_explained() {
+    let (line, col, msg) = err("[upstream]\nurl = \"http://a:1\" # a\u{0}b\n");
+    assert_eq!((line, col), (2, 23));
+    assert!(
+        msg.contains("U+0000") && msg.contains("control character"),
+        "{msg:?}"
+    );
+    let (_, _, msg) = err("# \u{7f}\n[upstream]\nurl = \"http://a:1\"\n");
+    assert!(msg.contains("U+007F"), "{msg:?}");
+}
+
+#[test]
+fn cross_field_checks_are_located_in_crlf_files() {
+    let (line, col, msg) = err("[upstream]\r\nurl = \"http://a:1\"\r\n[batching]\r\nmax_tokens = 0\r\n");
+    assert_eq!((line, col), (4, 1));
+    assert!(msg.contains("at least 1"), "{msg}");
+    // Before the fix the offset landed inside the 'é' and panicked.
+    let (line, col, _) = err("[upstream]\r\nurl = \"http://a:1\"\r\n[batching] # é\r\nmax_tokens = 0\r\n");
+    assert_eq!((line, col), (4, 1));
+}
