@@ -3,7 +3,8 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use sse_proxy::ids::{EventId, EventIdError, MAX_EVENT_ID_LEN, STREAM_ID_LEN};
+use sse_proxy::ids::STREAM_ID_LEN;
+use sse_proxy::protocol::{EventId, EventIdError, MAX_EVENT_ID_LEN};
 
 /// Parses `data` as a header value, and builds a valid id from its first 24 bytes.
 pub fn check(data: &[u8]) {
