@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::handlers;
 use crate::http_util::ProxyBody;
 use crate::identity::IdentityRule;
+use crate::metrics::Metrics;
 use crate::progress::Learner;
 use crate::reframe::{batcher, ReaderSettings, RouteSettings};
 use crate::stream::Registry;
@@ -38,18 +39,26 @@ pub struct App {
     pub tunnels: Arc<tokio::sync::Semaphore>,
     /// Client-metrics rate limiter.
     pub client_reports: handlers::client_metrics::RateLimit,
+    /// What every request and stream counts into.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
-    /// Builds the state for a validated config.
-    pub fn new(cfg: Config, learner: Option<Arc<Learner>>, shutdown: CancellationToken) -> Self {
-        let budget = Arc::new(crate::log::LogBudget::default());
+    /// Builds the state for a validated config, counting into `metrics`.
+    pub fn new(
+        cfg: Config,
+        learner: Option<Arc<Learner>>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let budget = Arc::new(crate::log::LogBudget::new(metrics.log_bytes.clone()));
         let registry = Arc::new(Registry::new(
             budget,
             cfg.limits.max_streams,
             cfg.limits.max_streams_per_identity,
             cfg.resume.max_total_bytes.bytes(),
             cfg.resume.retention.0,
+            metrics.clone(),
         ));
         let reader = Arc::new(ReaderSettings {
             batching: batcher::Limits {
@@ -84,6 +93,7 @@ impl App {
             reader,
             learner,
             shutdown,
+            metrics,
         }
     }
 

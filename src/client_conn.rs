@@ -20,7 +20,6 @@
 
 use crate::app::App;
 use crate::http_util::{BoxError, ProxyBody};
-use crate::metrics as m;
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -339,6 +338,7 @@ pub fn serve(
         idle: app.cfg.server.idle_timeout.0,
     };
     let shutdown = app.shutdown.clone();
+    let open = app.metrics.connections_active.clone();
     let place = awaiting.join();
     let evict = place.evict.clone();
     let activity = Activity::new(Some(place));
@@ -362,9 +362,9 @@ pub fn serve(
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     async move {
-        metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
+        open.increment(1.0);
         watch(conn, &activity, timeouts, &shutdown, &evict).await;
-        metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
+        open.decrement(1.0);
         drop(permit);
     }
 }

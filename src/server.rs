@@ -4,7 +4,7 @@ use crate::admin;
 use crate::app::App;
 use crate::client_conn;
 use crate::config::Config;
-use crate::metrics as m;
+use crate::metrics::{Prometheus, RejectReason};
 use crate::progress::{self, Learner};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,9 +27,6 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The metrics recorder could not be installed.
-    #[error("cannot install the metrics recorder: {0}")]
-    Metrics(String),
 }
 
 /// A proxy whose listeners are bound, ready to serve.
@@ -40,9 +37,13 @@ pub struct Bound {
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-/// Binds both listeners and builds the shared state. `shutdown` fires to stop serving.
-pub async fn bind(cfg: Config, shutdown: CancellationToken) -> Result<Bound, ServerError> {
-    let metrics = m::install().map_err(ServerError::Metrics)?;
+/// Binds both listeners and builds the shared state, which records into `metrics` (and the admin
+/// `/metrics` renders it). `shutdown` fires to stop serving.
+pub async fn bind(
+    cfg: Config,
+    shutdown: CancellationToken,
+    metrics: Prometheus,
+) -> Result<Bound, ServerError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -51,12 +52,12 @@ pub async fn bind(cfg: Config, shutdown: CancellationToken) -> Result<Bound, Ser
     let main = bind(cfg.server.listen).await?;
     let admin = bind(cfg.server.admin_listen).await?;
     let learner = cfg.progress.enabled.then(|| load_learner(&cfg));
-    let app = Arc::new(App::new(cfg, learner, shutdown));
+    let app = Arc::new(App::new(cfg, learner, shutdown, metrics.metrics));
     Ok(Bound {
         main,
         admin,
         app,
-        metrics,
+        metrics: metrics.handle,
     })
 }
 
@@ -234,7 +235,7 @@ async fn connection_slot(
     if let Ok(p) = app.connections.clone().try_acquire_owned() {
         return Some(p);
     }
-    metrics::counter!(m::REJECTED, "reason" => "max_connections").increment(1);
+    app.metrics.rejected.increment(RejectReason::MaxConnections);
     if !awaiting.evict_oldest() {
         tracing::debug!("at max_connections: a connection waits for a slot");
     }

@@ -7,6 +7,7 @@ pub mod resume;
 pub mod stream;
 
 use crate::http_util::{self, ProxyBody};
+use crate::metrics::{ErrorLabel, Metrics};
 use crate::upstream::UpstreamError;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -40,12 +41,12 @@ pub fn own_method<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
     Some(resp)
 }
 
-/// The response for a failed backend request. The message is fixed: the error chain (addresses,
-/// OS errors) is for the log, which the caller writes.
-pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
+/// The response for a failed backend request, counted in `metrics`. The message is fixed: the
+/// error chain (addresses, OS errors) is for the log, which the caller writes.
+pub fn upstream_error(metrics: &Metrics, e: &UpstreamError) -> Response<ProxyBody> {
     match e {
         UpstreamError::Unreachable(_) => {
-            crate::metrics::error("upstream_unreachable");
+            metrics.error(ErrorLabel::UpstreamUnreachable);
             http_util::error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
@@ -53,7 +54,9 @@ pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
             )
         }
         UpstreamError::Timeout(_) => {
-            crate::metrics::error("upstream_timeout");
+            // `upstream_timeout` on the wire (PROTOCOL.md), but counted apart from the streams
+            // that go silent mid-answer, which end with an `error` event of the same code.
+            metrics.error(ErrorLabel::UpstreamResponseTimeout);
             http_util::error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",

@@ -9,7 +9,7 @@ use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::MemoryLog;
-use crate::metrics as m;
+use crate::metrics::{RejectReason, ResumeResult};
 use crate::protocol;
 use crate::query;
 use crate::reframe::body::UpstreamBody;
@@ -41,7 +41,7 @@ pub async fn handle(
     let resume_from = match resume::requested(&req) {
         Ok(r) => r,
         Err(e) => {
-            metrics::counter!(m::RESUMES, "result" => "bad_request").increment(1);
+            app.metrics.resumes.increment(ResumeResult::BadRequest);
             return http_util::error(StatusCode::BAD_REQUEST, "bad_last_event_id", &e.to_string());
         }
     };
@@ -51,7 +51,7 @@ pub async fn handle(
             Resume::Gone if app.cfg.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
             }
-            Resume::Gone => return resume::gone(),
+            Resume::Gone => return resume::gone(&app.metrics),
         }
     }
     start(app, idx, req, peer, owner, arrived).await
@@ -70,7 +70,7 @@ async fn start(
     let limit = app.cfg.upstream.max_request_body.bytes();
     let body = match http_util::read_body(body, limit, app.cfg.server.body_read_timeout.0).await {
         Ok(b) => b,
-        Err(e) => return e.response(),
+        Err(e) => return e.response(&app.metrics),
     };
     // Only after the body: a client that never sends it must not hold a stream slot meanwhile.
     let slot = match app.registry.reserve(owner) {
@@ -82,7 +82,7 @@ async fn start(
     let pq = query::without_param(&parts.uri, query::LAST_EVENT_ID_PARAM);
     let uri = match app.upstream.uri_for(&pq) {
         Ok(u) => u,
-        Err(e) => return super::upstream_error(&e),
+        Err(e) => return super::upstream_error(&app.metrics, &e),
     };
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
@@ -98,7 +98,7 @@ async fn start(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "stream request failed");
-            return super::upstream_error(&e);
+            return super::upstream_error(&app.metrics, &e);
         }
     };
     if !is_event_stream(&resp) {
@@ -180,7 +180,7 @@ pub fn event_stream_response(
         heartbeat: app.cfg.heartbeat.interval.0,
         max_write_bytes: app.cfg.limits.max_write_bytes.bytes(),
     };
-    let cursor = Cursor::new(follower, after, preamble, settings);
+    let cursor = Cursor::new(follower, after, preamble, settings, app.metrics.clone());
     let body = cursor.into_body();
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);
@@ -199,7 +199,7 @@ pub fn event_stream_response(
 
 /// A 429 with `Retry-After`, counted under the limit that was reached.
 pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
-    metrics::counter!(m::REJECTED, "reason" => why.as_str()).increment(1);
+    app.metrics.rejected.increment(RejectReason::from(why));
     let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
     let secs = app.cfg.limits.retry_after.0.as_secs().max(1);
     resp.headers_mut()
