@@ -6,6 +6,7 @@ use crate::http_util::ProxyBody;
 use crate::identity::IdentityRule;
 use crate::progress::Learner;
 use crate::reframe::{batcher, ReaderSettings, RouteSettings};
+use crate::store::{self, StoreSettings};
 use crate::stream::Registry;
 use crate::upstream::Upstream;
 use http::{Request, Response};
@@ -36,11 +37,34 @@ pub struct App {
     pub tunnels: Arc<tokio::sync::Semaphore>,
     /// Client-metrics rate limiter.
     pub client_reports: handlers::client_metrics::RateLimit,
+    /// The stream store: every stream's events, for resumes of streams this process does not hold.
+    pub store: store::Handle,
+}
+
+/// The memory store, bounded like the local logs.
+fn memory_store(cfg: &Config) -> store::Handle {
+    let settings = StoreSettings {
+        max_stream_bytes: cfg.resume.max_stream_bytes.bytes(),
+        lease: store::LEASE,
+        retention: cfg.resume.retention.0,
+    };
+    store::Handle::memory(settings, cfg.resume.max_total_bytes.bytes())
 }
 
 impl App {
-    /// Builds the state for a validated config.
+    /// Builds the state for a validated config, with a memory store.
     pub fn new(cfg: Config, learner: Option<Arc<Learner>>, shutdown: CancellationToken) -> Self {
+        let store = memory_store(&cfg);
+        Self::with_store(cfg, learner, shutdown, store)
+    }
+
+    /// Builds the state for a validated config, writing streams to `store`.
+    pub fn with_store(
+        cfg: Config,
+        learner: Option<Arc<Learner>>,
+        shutdown: CancellationToken,
+        store: store::Handle,
+    ) -> Self {
         let budget = Arc::new(crate::log::LogBudget::default());
         let registry = Arc::new(Registry::new(
             budget,
@@ -65,6 +89,7 @@ impl App {
                 .clone()
                 .filter(|_| cfg.progress.enabled)
                 .map(|l| (l, cfg.progress.every_tokens, cfg.progress.min_interval.0)),
+            store: store.clone(),
         });
         App {
             upstream: Upstream::new(&cfg.upstream),
@@ -81,6 +106,7 @@ impl App {
             reader,
             learner,
             shutdown,
+            store,
         }
     }
 

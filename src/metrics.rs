@@ -32,6 +32,8 @@ pub const RESUMES: &str = "sse_proxy_resumes_total";
 pub const REJECTED: &str = "sse_proxy_rejected_total";
 /// Log evictions under the total byte budget, by `kind`.
 pub const EVICTIONS: &str = "sse_proxy_log_evictions_total";
+/// Stream store operations that failed, by `op`.
+pub const STORE_ERRORS: &str = "sse_proxy_store_errors_total";
 /// Requests passed through, by status class.
 pub const PASSTHROUGH: &str = "sse_proxy_passthrough_requests_total";
 /// Tokens per downstream batch.
@@ -114,6 +116,10 @@ fn describe() {
     describe_counter!(RESUMES, "Resume requests, by result.");
     describe_counter!(REJECTED, "Requests refused by a limit, by reason.");
     describe_counter!(EVICTIONS, "Log evictions under resume.max_total_bytes, by kind.");
+    describe_counter!(
+        STORE_ERRORS,
+        "Stream store operations that failed or stalled, by op (the streams went on live-only)."
+    );
     describe_counter!(PASSTHROUGH, "Requests passed through unchanged, by status class.");
     describe_histogram!(BATCH_TOKENS, "Tokens per downstream batch.");
     describe_histogram!(TTFT, Unit::Seconds, "Request arrival to first token sent.");
@@ -144,6 +150,11 @@ fn describe() {
 /// Counts an error by code.
 pub fn error(code: &'static str) {
     metrics::counter!(ERRORS, "code" => code).increment(1);
+}
+
+/// Counts a failed stream store operation.
+pub fn store_error(op: &'static str) {
+    metrics::counter!(STORE_ERRORS, "op" => op).increment(1);
 }
 
 /// Increments a label-less counter.

@@ -43,6 +43,16 @@ pub struct Bound {
 
 /// Binds both listeners and builds the shared state. `shutdown` fires to stop serving.
 pub async fn bind(cfg: Config, shutdown: CancellationToken) -> Result<Bound, ServerError> {
+    bind_with_store(cfg, shutdown, None).await
+}
+
+/// [`bind`], writing streams to `store` instead of a memory store of this process's own (tests run
+/// several proxies on one store).
+pub async fn bind_with_store(
+    cfg: Config,
+    shutdown: CancellationToken,
+    store: Option<crate::store::Handle>,
+) -> Result<Bound, ServerError> {
     let metrics = m::install().map_err(ServerError::Metrics)?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -52,7 +62,10 @@ pub async fn bind(cfg: Config, shutdown: CancellationToken) -> Result<Bound, Ser
     let main = bind(cfg.server.listen).await?;
     let admin = bind(cfg.server.admin_listen).await?;
     let learner = cfg.progress.enabled.then(|| load_learner(&cfg));
-    let app = Arc::new(App::new(cfg, learner, shutdown));
+    let app = Arc::new(match store {
+        Some(store) => App::with_store(cfg, learner, shutdown, store),
+        None => App::new(cfg, learner, shutdown),
+    });
     Ok(Bound {
         main,
         admin,

@@ -368,8 +368,14 @@ pub async fn proxy(upstream: SocketAddr, edit: impl FnOnce(&mut Config)) -> Test
 
 /// Starts a proxy with exactly this config.
 pub async fn proxy_with(cfg: Config) -> TestProxy {
+    proxy_on_store(cfg, None).await
+}
+
+/// Starts a proxy with this config writing its streams to `store` (several proxies may share one),
+/// or to a memory store of its own.
+pub async fn proxy_on_store(cfg: Config, store: Option<sse_proxy::store::Handle>) -> TestProxy {
     let shutdown = CancellationToken::new();
-    let bound = sse_proxy::server::bind(cfg, shutdown.clone())
+    let bound = sse_proxy::server::bind_with_store(cfg, shutdown.clone(), store)
         .await
         .expect("bind proxy");
     let (addr, admin, app) = (bound.main_addr(), bound.admin_addr(), bound.app().clone());
