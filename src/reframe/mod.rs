@@ -214,7 +214,9 @@ where
                 return End::Cancelled;
             }
             let batch_at = self.batcher.deadline();
-            writer.kick(self.appended);
+            if writer.kick(self.appended).is_err() {
+                return End::Error(ErrorCode::UpstreamLost);
+            }
             tokio::select! {
                 biased;
                 _ = stream.cancelled() => return End::Cancelled,

@@ -16,7 +16,7 @@ use crate::store::{Batch, BoxFuture, NewStream, Store, StoreError};
 use crate::stream::{Outcome, Stream};
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::{interval_at, timeout_at, Instant, Interval, MissedTickBehavior};
 
@@ -115,7 +115,7 @@ impl<'s> StoreWriter<'s> {
         let now = Instant::now();
         let mut tick = interval_at(now + TICK, TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        StoreWriter {
+        let mut writer = StoreWriter {
             store,
             id: stream.id,
             log: stream.log.clone(),
@@ -133,24 +133,45 @@ impl<'s> StoreWriter<'s> {
             lease_at: now + lease / 3,
             retry_at: None,
             backoff: RETRY_MIN,
-        }
+        };
+        // A create that is done at once leaves nothing to wait for (it cannot be `Lost`).
+        let _ = writer.poll_now();
+        writer
     }
 
     /// Sends the events after what the store has, up to `appended`, unless a write is in flight.
-    pub(super) fn kick(&mut self, appended: u64) {
+    pub(super) fn kick(&mut self, appended: u64) -> Result<(), Lost> {
         self.appended = appended;
         let idle = self.write.is_none() && self.retry_at.is_none();
         if !idle || !self.created || self.mode == Mode::Detached || appended <= self.stored {
-            return;
+            return Ok(());
         }
         match self.log.frames_after(self.stored) {
             Some(frames) if !frames.is_empty() => {
                 let batch = Batch::new(self.stored + 1, frames);
                 let last = batch.last();
                 self.start(InFlight::Append(last, self.store.append(self.id, batch)));
+                self.poll_now()
             }
-            Some(_) => {}
-            None => self.abandon(),
+            Some(_) => Ok(()),
+            None => {
+                self.abandon();
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles the write just started if it is already done (a store in memory answers at once),
+    /// so that its events are shown without another turn of the reader's loop. The write is polled
+    /// again with the reader's waker by [`StoreWriter::next`] otherwise.
+    fn poll_now(&mut self) -> Result<(), Lost> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.write.as_mut().map(|w| w.poll(&mut cx)) {
+            Some(Poll::Ready(done)) => {
+                self.write = None;
+                self.handle(done)
+            }
+            _ => Ok(()),
         }
     }
 
