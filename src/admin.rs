@@ -70,6 +70,10 @@ fn route(app: &App, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Resp
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "shutting_down" }),
         ),
+        "/readyz" if app.connections.available_permits() == 0 => http_util::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "at_capacity" }),
+        ),
         "/readyz" => http_util::json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
         "/streams" => {
             let list = app.registry.list(tokio::time::Instant::now());

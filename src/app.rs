@@ -33,6 +33,8 @@ pub struct App {
     pub learner: Option<Arc<Learner>>,
     /// Fires when shutdown starts.
     pub shutdown: CancellationToken,
+    /// Client connections served at once: `server.max_connections` (`/readyz` says when none is left).
+    pub connections: Arc<tokio::sync::Semaphore>,
     /// Upgraded (WebSocket) tunnels open at most: `server.max_connections`.
     pub tunnels: Arc<tokio::sync::Semaphore>,
     /// Client-metrics rate limiter.
@@ -100,6 +102,7 @@ impl App {
                 .map(|r| Arc::new(RouteSettings::new(r)))
                 .collect(),
             client_reports: handlers::client_metrics::RateLimit::new(cfg.client_metrics.per_second),
+            connections: Arc::new(tokio::sync::Semaphore::new(cfg.server.max_connections)),
             tunnels: Arc::new(tokio::sync::Semaphore::new(cfg.server.max_connections)),
             cfg: Arc::new(cfg),
             registry,
@@ -113,6 +116,9 @@ impl App {
     /// Handles one request from the main listener.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let arrived = tokio::time::Instant::now();
+        if let Some(resp) = handlers::own_method(&req) {
+            return resp;
+        }
         let path = req.uri().path();
         if let Some(own) = path
             .strip_prefix(self.cfg.server.route_prefix.as_str())

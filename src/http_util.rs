@@ -2,7 +2,12 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 
 /// Any boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,7 +81,7 @@ pub enum BodyError {
 
 /// Reads a whole request body of at most `limit` bytes within `within`.
 pub async fn read_body(
-    body: hyper::body::Incoming,
+    body: Incoming,
     limit: usize,
     within: std::time::Duration,
 ) -> Result<Bytes, BodyError> {
@@ -90,14 +95,84 @@ pub async fn read_body(
 }
 
 impl BodyError {
-    /// The JSON error response.
+    /// The JSON error response, counted in `sse_proxy_client_errors_total`. The message is fixed:
+    /// what hyper said about the bytes goes to the log only.
     pub fn response(&self) -> Response<ProxyBody> {
         let (status, code) = match self {
             BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BodyError::Broken(_) => (StatusCode::BAD_REQUEST, "bad_body"),
         };
-        error(status, code, &self.to_string())
+        tracing::debug!(error = %self, "request body refused");
+        crate::metrics::client_error(code);
+        let message = match self {
+            BodyError::Broken(_) => "the request body could not be read (malformed or cut short)".to_string(),
+            other => other.to_string(),
+        };
+        error(status, code, &message)
+    }
+}
+
+/// A client's request body on its way to the backend. A read error is recorded before it is
+/// passed on, so that when the backend request then fails the client is blamed (`400`), not the
+/// backend (`502`).
+pub struct ClientBody {
+    inner: Incoming,
+    failure: ClientBodyFailure,
+}
+
+/// The error a [`ClientBody`] yields when the client's bytes could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body could not be read: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+/// Whether a [`ClientBody`] failed, with the detail for the log.
+#[derive(Clone, Default)]
+pub struct ClientBodyFailure(Arc<OnceLock<String>>);
+
+impl ClientBodyFailure {
+    /// The error, once reading the body failed.
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+impl ClientBody {
+    /// Wraps a request body; the returned handle tells later whether reading it failed.
+    pub fn new(inner: Incoming) -> (Self, ClientBodyFailure) {
+        let failure = ClientBodyFailure::default();
+        let body = ClientBody {
+            inner,
+            failure: failure.clone(),
+        };
+        (body, failure)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => {
+                let _ = self.failure.0.set(e.to_string());
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod client_conn;
 pub mod config;
 pub mod connection;
 pub mod demo;

@@ -18,9 +18,9 @@ const EXIT_CONFIG: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Configuration file.
-    #[arg(long, default_value = "proxy.toml", global = true)]
-    config: PathBuf,
+    /// Configuration file [default: proxy.toml].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Main listener address (overrides server.listen).
     #[arg(long, global = true)]
     listen: Option<SocketAddr>,
@@ -28,7 +28,7 @@ struct Cli {
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
     /// Backend URL (overrides upstream.url).
-    #[arg(long)]
+    #[arg(long, global = true)]
     upstream: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty", global = true)]
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} stream route(s))",
-                    cli.config.display(),
+                    cli.config_path().display(),
                     cfg.streams.len()
                 );
                 ExitCode::SUCCESS
@@ -72,9 +72,16 @@ fn main() -> ExitCode {
     }
 }
 
+impl Cli {
+    /// `--config`, or `proxy.toml`.
+    fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| PathBuf::from("proxy.toml"))
+    }
+}
+
 /// Reads the config file and applies the command-line overrides.
 fn load(cli: &Cli) -> Result<Config, ConfigError> {
-    let mut cfg = Config::from_file(&cli.config)?;
+    let mut cfg = Config::from_file(&cli.config_path())?;
     if let Some(a) = cli.listen {
         cfg.server.listen = a;
     }
@@ -83,6 +90,19 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     }
     if let Some(u) = &cli.upstream {
         cfg.upstream.url = parse_upstream(u)?;
+    }
+    if cli.listen.is_some() || cli.admin_listen.is_some() {
+        cfg.check_listeners().map_err(|message| ConfigError::Invalid {
+            file: if cli.listen.is_some() {
+                "--listen"
+            } else {
+                "--admin-listen"
+            }
+            .into(),
+            line: 1,
+            col: 1,
+            message,
+        })?;
     }
     Ok(cfg)
 }
@@ -169,6 +189,10 @@ async fn wait_signal() {
 }
 
 fn run_demo(cli: &Cli) -> ExitCode {
+    if cli.config.is_some() || cli.upstream.is_some() {
+        eprintln!("error: the demo runs its own backend and config; --config and --upstream do not apply to `sse-proxy demo`");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -30,6 +30,8 @@ pub const ERRORS: &str = "sse_proxy_errors_total";
 pub const RESUMES: &str = "sse_proxy_resumes_total";
 /// Requests refused, by `reason`.
 pub const REJECTED: &str = "sse_proxy_rejected_total";
+/// Requests refused because of the client's own bytes, by `reason`.
+pub const CLIENT_ERRORS: &str = "sse_proxy_client_errors_total";
 /// Log evictions under the total byte budget, by `kind`.
 pub const EVICTIONS: &str = "sse_proxy_log_evictions_total";
 /// Stream store operations that failed, by `op`.
@@ -115,6 +117,10 @@ fn describe() {
     describe_counter!(ERRORS, "Errors, by code.");
     describe_counter!(RESUMES, "Resume requests, by result.");
     describe_counter!(REJECTED, "Requests refused by a limit, by reason.");
+    describe_counter!(
+        CLIENT_ERRORS,
+        "Requests refused because of the client's own request (a malformed, slow or too large body), by reason."
+    );
     describe_counter!(EVICTIONS, "Log evictions under resume.max_total_bytes, by kind.");
     describe_counter!(
         STORE_ERRORS,
@@ -155,6 +161,11 @@ pub fn error(code: &'static str) {
 /// Counts a failed stream store operation.
 pub fn store_error(op: &'static str) {
     metrics::counter!(STORE_ERRORS, "op" => op).increment(1);
+}
+
+/// Counts a request refused because of the client's own bytes, by reason.
+pub fn client_error(reason: &'static str) {
+    metrics::counter!(CLIENT_ERRORS, "reason" => reason).increment(1);
 }
 
 /// Increments a label-less counter.

@@ -2,20 +2,19 @@
 
 use crate::admin;
 use crate::app::App;
+use crate::client_conn;
 use crate::config::Config;
 use crate::metrics as m;
 use crate::progress::{self, Learner};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +172,10 @@ async fn save_periodically(learner: Arc<Learner>, stop: CancellationToken) {
 /// browser sends.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
-/// A server connection builder: HTTP/1.1 and h2c, with the header read timeout armed and request
-/// heads limited to [`MAX_REQUEST_HEAD_BYTES`].
-pub fn builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+/// A server connection builder: HTTP/1.1 and h2c, request heads limited to
+/// [`MAX_REQUEST_HEAD_BYTES`], and hyper's HTTP/1.1 header read timeout armed when given (the main
+/// listener passes `None`: [`crate::client_conn`] times request heads there).
+pub fn builder(header_read_timeout: impl Into<Option<Duration>>) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -206,41 +206,53 @@ pub async fn accept(listener: &TcpListener, stop: &CancellationToken) -> Option<
 
 async fn serve_main(listener: TcpListener, app: Arc<App>) {
     let shutdown = app.shutdown.clone();
-    let builder = builder(app.cfg.server.header_read_timeout.0);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(app.cfg.server.max_connections));
+    let builder = builder(None);
+    let connections = TaskTracker::new();
+    let awaiting = client_conn::AwaitingHead::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let Some((tcp, peer)) = accept(&listener, &shutdown).await else {
             break;
         };
+        let Some(permit) = connection_slot(&app, &awaiting, &shutdown).await else {
+            break;
+        };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let svc = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
-            if let Err(e) = conn.await {
-                // A client closing an endless SSE body is the normal end of a stream.
-                tracing::debug!(error = %e, "connection ended");
-            }
-            metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
-            drop(permit);
-        });
+        connections.spawn(client_conn::serve(
+            &builder,
+            tcp,
+            peer,
+            app.clone(),
+            permit,
+            &awaiting,
+        ));
     }
     drop(listener);
+    connections.close();
     let grace = app.cfg.server.shutdown_grace.0 + Duration::from_secs(5);
     tracing::info!(grace = ?app.cfg.server.shutdown_grace.0, "shutting down: no new connections, draining");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!("connections still open after the grace period; closing them");
+    }
+}
+
+/// A `max_connections` slot for an accepted connection. At capacity (counted in
+/// `sse_proxy_rejected_total{reason="max_connections"}`) the oldest connection that has sent no
+/// request head is closed to make room; with none, the connection waits for a slot and the next
+/// ones wait in the accept queue. `None` once shutdown starts.
+async fn connection_slot(
+    app: &App,
+    awaiting: &client_conn::AwaitingHead,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(p) = app.connections.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    metrics::counter!(m::REJECTED, "reason" => "max_connections").increment(1);
+    if !awaiting.evict_oldest() {
+        tracing::debug!("at max_connections: a connection waits for a slot");
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        p = app.connections.clone().acquire_owned() => p.ok(),
     }
 }

@@ -21,11 +21,15 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, text: &str) -> Self {
+        Self::with_bytes(name, text.as_bytes())
+    }
+
+    fn with_bytes(name: &str, bytes: &[u8]) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let path = std::env::temp_dir().join(format!("sse-proxy-cli-{}-{nanos}-{name}", std::process::id()));
-        std::fs::write(&path, text).expect("write temp config");
+        std::fs::write(&path, bytes).expect("write temp config");
         TempFile(path)
     }
 
@@ -150,17 +154,22 @@ impl Proc {
     }
 }
 
-fn check(config: &str) -> (i32, String, String) {
+/// Runs the binary to completion: (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
-        .args(["check", "--config", config])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("run check");
+        .expect("run sse-proxy");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn check(config: &str) -> (i32, String, String) {
+    run(&["check", "--config", config])
 }
 
 #[test]
@@ -210,6 +219,30 @@ fn check_rejects_bad_configs_with_location_and_help() {
             (3, 2),
             "expected one of",
         ),
+        (
+            "zero-response-timeout",
+            format!("{up}response_timeout = \"0s\"\n"),
+            (3, 1),
+            "upstream.response_timeout must be above 0",
+        ),
+        (
+            "zero-header-read-timeout",
+            format!("{up}[server]\nheader_read_timeout = \"0ms\"\n"),
+            (4, 1),
+            "server.header_read_timeout must be above 0",
+        ),
+        (
+            "zero-retention",
+            format!("{up}[resume]\nretention = \"0s\"\n"),
+            (4, 1),
+            "resume.retention must be above 0",
+        ),
+        (
+            "same-listeners",
+            format!("{up}[server]\nlisten = \"127.0.0.1:7000\"\nadmin_listen = \"127.0.0.1:7000\"\n"),
+            (5, 1),
+            "server.admin_listen",
+        ),
     ];
     for (name, text, (line, col), help) in cases {
         let f = TempFile::new(&format!("{name}.toml"), &text);
@@ -219,6 +252,16 @@ fn check_rejects_bad_configs_with_location_and_help() {
         assert!(err.contains(&prefix), "{name}: expected {prefix:?} in {err:?}");
         assert!(err.contains(help), "{name}: expected {help:?} in {err:?}");
     }
+    let mut latin1 = format!("{up}# caf").into_bytes();
+    latin1.extend_from_slice(b"\xE9\n");
+    let f = TempFile::with_bytes("latin1.toml", &latin1);
+    let (code, _, err) = check(f.path());
+    assert_eq!(code, 64, "{err}");
+    let prefix = format!("{}:3:6: ", f.path());
+    assert!(
+        err.contains(&prefix) && err.contains("UTF-8"),
+        "expected {prefix:?} in {err:?}"
+    );
     let missing = manifest_path("does-not-exist.toml");
     let (code, _, err) = check(missing.to_str().expect("utf8"));
     assert_eq!(code, 64, "{err}");
@@ -226,6 +269,60 @@ fn check_rejects_bad_configs_with_location_and_help() {
         err.contains("does-not-exist.toml") && err.contains("--config"),
         "{err}"
     );
+}
+
+#[test]
+fn override_flags_work_before_and_after_the_subcommand() {
+    let f = TempFile::new("overrides.toml", "[upstream]\nurl = \"http://127.0.0.1:8000\"\n");
+    let good = [
+        vec!["check", "--config", f.path(), "--upstream", "http://127.0.0.1:9"],
+        vec!["--upstream", "http://127.0.0.1:9", "check", "--config", f.path()],
+        vec!["--config", f.path(), "check", "--log-format", "json"],
+        vec![
+            "check",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin-listen",
+            "127.0.0.1:2",
+            "--config",
+            f.path(),
+            "--upstream",
+            "http://127.0.0.1:9/base",
+        ],
+    ];
+    for args in good {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: stdout {out} stderr {err}");
+        assert!(out.contains("ok"), "{args:?}: {out}");
+    }
+    // The override is applied, not merely accepted: a bad --upstream fails the check.
+    for args in [
+        vec!["check", "--config", f.path(), "--upstream", "https://x.example"],
+        vec!["--upstream", "https://x.example", "check", "--config", f.path()],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(
+            err.contains("--upstream:1:1") && err.contains("http://HOST:PORT"),
+            "{args:?}: {err}"
+        );
+    }
+    // Overridden listeners are checked like written ones (the admin default is 127.0.0.1:9090).
+    let (code, _, err) = run(&["check", "--config", f.path(), "--listen", "127.0.0.1:9090"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--listen:1:1") && err.contains("server.admin_listen"),
+        "{err}"
+    );
+    // The demo runs its own backend: a config or backend given to it is refused, not ignored.
+    for args in [
+        vec!["demo", "--upstream", "http://127.0.0.1:9"],
+        vec!["--config", f.path(), "demo"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(err.contains("demo"), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,30 @@ fn validate(text: &str) -> HashMap<String, String> {
     types
 }
 
+/// A passthrough POST whose chunked body is malformed; waits for the proxy's answer.
+async fn broken_chunked_body(addr: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nZZ\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
 #[tokio::test]
 async fn metrics_are_well_formed_and_complete() {
     let tokens: Vec<String> = (0..40).map(|i| format!("w{i} ")).collect();
@@ -178,6 +202,7 @@ async fn metrics_are_well_formed_and_complete() {
     assert_eq!(text_of(&events), "ab");
     assert!(String::from_utf8_lossy(&idle.raw).contains(": heartbeat"));
     assert_eq!(body_bytes(get(&format!("{base}/plain"), &[]).await).await, "ok");
+    broken_chunked_body(p.addr).await;
     // A connection held open while /metrics is read.
     let _held = Events::new(get(&format!("{base}/stream?kind=idle"), &[]).await);
 
@@ -193,6 +218,7 @@ async fn metrics_are_well_formed_and_complete() {
         ("sse_proxy_tokens_total", "counter"),
         ("sse_proxy_heartbeats_total", "counter"),
         ("sse_proxy_errors_total", "counter"),
+        ("sse_proxy_client_errors_total", "counter"),
         ("sse_proxy_batch_tokens", "histogram"),
         ("sse_proxy_time_to_first_token_seconds", "histogram"),
         ("sse_proxy_stream_duration_seconds", "histogram"),
@@ -217,6 +243,10 @@ async fn metrics_are_well_formed_and_complete() {
     );
     assert!(
         metric(&text, "sse_proxy_errors_total{code=\"upstream_reset\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sse_proxy_client_errors_total{reason=\"bad_body\"}") >= 1.0,
         "{text}"
     );
     assert!(metric(&text, "sse_proxy_heartbeats_total") >= 1.0, "{text}");

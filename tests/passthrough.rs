@@ -626,3 +626,128 @@ async fn upgrades_are_tunnelled_both_ways() {
         assert_eq!(got, msg.to_ascii_uppercase());
     }
 }
+
+/// The value of a response header in a raw HTTP/1.1 head, lower-cased name.
+fn head_value(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[tokio::test]
+async fn options_asterisk_is_answered_by_the_proxy() {
+    let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "from the backend")).await;
+    let p = proxy(up.addr, |_| {}).await;
+    let (head, body) = raw_exchange(p.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let allow = head_value(&head, "allow").unwrap_or_else(|| panic!("no Allow: {head}"));
+    for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        assert!(allow.split(", ").any(|a| a == m), "{m} missing from {allow:?}");
+    }
+    assert!(!allow.contains("CONNECT"), "{allow}");
+    assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
+    // `*` with any other method is a bad request, not a request to the backend.
+    let (head, body) = raw_exchange(p.addr, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(json_of(&body)["error"], "bad_request");
+    assert_eq!(up.requests(), 0, "forwarded to the backend");
+    // An OPTIONS for a path still goes to the backend.
+    let resp = send("OPTIONS", &format!("http://{}/api", p.addr), &[], "").await;
+    assert_eq!(body_bytes(resp).await, "from the backend");
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "from the backend")).await;
+    let p = proxy(up.addr, |_| {}).await;
+    let target = up.addr.to_string();
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let (head, body) = raw_exchange(p.addr, req.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    let allow = head_value(&head, "allow").unwrap_or_else(|| panic!("no Allow: {head}"));
+    assert!(allow.contains("GET") && !allow.contains("CONNECT"), "{allow}");
+    assert_eq!(
+        head_value(&head, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let v = json_of(&body);
+    assert_eq!(v["error"], "method_not_allowed");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("CONNECT")),
+        "{v}"
+    );
+    assert_eq!(up.requests(), 0, "forwarded to the backend");
+    // Other methods are unaffected.
+    for m in ["GET", "POST", "PUT", "DELETE", "PATCH", "TRACE"] {
+        let resp = send(m, &format!("http://{}/x", p.addr), &[], "").await;
+        assert_eq!(resp.status(), 200, "{m}");
+    }
+    assert_eq!(up.requests(), 6);
+}
+
+#[tokio::test]
+async fn a_broken_chunked_body_is_the_clients_error() {
+    // Compares the global upstream_unreachable count before and after.
+    let _metrics = metrics_exclusive().await;
+    let up = echo_mock().await;
+    let p = proxy(up.addr, |_| {}).await;
+    let before = metrics_text(p.admin).await;
+    let unreachable = "sse_proxy_errors_total{code=\"upstream_unreachable\"}";
+    let client_errors = "sse_proxy_client_errors_total{reason=\"bad_body\"}";
+    let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nmore\r\n0\r\n\r\n";
+    let (head, body) = raw_exchange(p.addr, req).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let v = json_of(&body);
+    assert_eq!(v["error"], "bad_body", "{v}");
+    let msg = v["message"].as_str().expect("message");
+    for internal in ["hyper", "chunk", "error:", "unreachable", "backend"] {
+        assert!(
+            !msg.to_ascii_lowercase().contains(internal),
+            "internal detail in {msg:?}"
+        );
+    }
+    let after = metrics_text(p.admin).await;
+    assert_eq!(
+        metric(&after, unreachable),
+        metric(&before, unreachable),
+        "{after}"
+    );
+    assert!(
+        metric(&after, client_errors) > metric(&before, client_errors),
+        "{after}"
+    );
+    // A stream route reads the body itself: same answer, no detail.
+    let seen = up.requests();
+    let req = b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
+    let (head, body) = raw_exchange(p.addr, req).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let v = json_of(&body);
+    assert_eq!(v["error"], "bad_body", "{v}");
+    assert!(!v["message"].as_str().expect("message").contains("chunk"), "{v}");
+    assert_eq!(up.requests(), seen, "the broken body reached the backend");
+    // The proxy still serves.
+    let resp = send("POST", &format!("http://{}/echo", p.addr), &[], "fine").await;
+    assert_eq!(body_bytes(resp).await, "fine");
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_is_502_without_internal_detail() {
+    let _metrics = metrics_shared().await;
+    let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = unused.local_addr().expect("addr");
+    drop(unused);
+    let p = proxy(addr, |_| {}).await;
+    let resp = get(&format!("http://{}/x", p.addr), &[]).await;
+    assert_eq!(resp.status(), 502);
+    let v = json_of(&body_bytes(resp).await);
+    assert_eq!(v["error"], "upstream_unreachable");
+    let msg = v["message"].as_str().expect("message");
+    for internal in ["refused", "tcp", "client error", "os error", "127.0.0.1"] {
+        assert!(
+            !msg.to_ascii_lowercase().contains(internal),
+            "internal detail in {msg:?}"
+        );
+    }
+}

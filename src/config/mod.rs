@@ -88,6 +88,8 @@ pub struct Server {
     pub header_read_timeout: Dur,
     /// Time allowed for a client to send a request body the proxy reads itself (stream routes, client metrics).
     pub body_read_timeout: Dur,
+    /// A client connection with no request in flight for this long is closed (h2: GOAWAY).
+    pub idle_timeout: Dur,
     /// Open client connections at most; more wait in the accept queue.
     pub max_connections: usize,
     /// Path prefix of the proxy's own routes (client, demo, cancel, client metrics).
@@ -102,6 +104,7 @@ impl Default for Server {
             shutdown_grace: Dur(Duration::from_secs(30)),
             header_read_timeout: Dur(Duration::from_secs(10)),
             body_read_timeout: Dur(Duration::from_secs(30)),
+            idle_timeout: Dur(Duration::from_secs(60)),
             max_connections: 10_000,
             route_prefix: "/_sse-proxy".into(),
         }
@@ -474,26 +477,50 @@ impl Default for ClientMetrics {
 impl Config {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml_str(&text, &path.display().to_string())
+        Config::from_toml_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses and validates a file's bytes; text that is not UTF-8 is located at its first bad byte.
+    pub fn from_toml_bytes(bytes: &[u8], file: &str) -> Result<Config, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Config::from_toml_str(text, file),
+            Err(e) => {
+                let (line, col) = std::str::from_utf8(&bytes[..e.valid_up_to()])
+                    .map_or((1, 1), |valid| line_col(valid, valid.len()));
+                Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    line,
+                    col,
+                    message: format!(
+                        "the file is not valid UTF-8 (byte offset {}); save it as UTF-8",
+                        e.valid_up_to()
+                    ),
+                })
+            }
+        }
     }
 
     /// Parses and validates TOML text; `file` names it in errors.
     pub fn from_toml_str(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let at = e
+                .span()
+                .and_then(|s| text.get(s.start..))
+                .and_then(|t| t.chars().next());
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
                 col,
-                message: explain(e.message()),
+                message: explain(e.message(), at),
             }
         })?;
-        cfg.validate().map_err(|(needle, message)| {
-            let (line, col) = needle.and_then(|n| locate(text, &n)).unwrap_or((1, 1));
+        cfg.validate().map_err(|(at, message)| {
+            let (line, col) = at.locate(text).unwrap_or((1, 1));
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
@@ -511,113 +538,138 @@ impl Config {
             .find(|(_, r)| r.path.matches(path))
     }
 
-    /// Cross-field checks; the error names a key to locate and what is allowed.
-    fn validate(self) -> Result<Config, (Option<String>, String)> {
-        let key = |k: &str| Some(k.to_string());
-        let positive = |v: bool, k: &str, what: &str| {
+    /// `server.listen` and `server.admin_listen` cannot be bound together: same port (not 0) on
+    /// the same address, or on a wildcard address that covers the other.
+    pub fn check_listeners(&self) -> Result<(), String> {
+        let (a, b) = (self.server.listen, self.server.admin_listen);
+        let overlap = a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified());
+        if overlap {
+            Err(format!(
+                "server.listen ({a}) and server.admin_listen ({b}) cannot share a port: give the admin listener its own"
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Cross-field checks; the error says where to point and what is allowed.
+    fn validate(self) -> Result<Config, (At, String)> {
+        let positive = |v: bool, key: &'static str, what: &str| {
             if v {
                 Ok(())
             } else {
-                Err((key(k), what.to_string()))
+                Err((At::Key(key), what.to_string()))
             }
+        };
+        let nonzero = |d: Dur, key: &'static str| {
+            positive(
+                !d.0.is_zero(),
+                key,
+                &format!("{key} must be above 0, such as \"10s\""),
+            )
         };
         positive(
             !self.batching.max_delay.0.is_zero() || self.batching.max_tokens == 1,
-            "max_delay",
+            "batching.max_delay",
             "batching.max_delay must be above 0 (or set max_tokens = 1 to disable batching)",
         )?;
         positive(
             self.batching.max_tokens >= 1,
-            "max_tokens",
+            "batching.max_tokens",
             "batching.max_tokens must be at least 1",
         )?;
         positive(
             self.batching.max_bytes.0 >= 1,
-            "max_bytes",
+            "batching.max_bytes",
             "batching.max_bytes must be at least 1 byte",
         )?;
         positive(
             self.heartbeat.interval.0 >= Duration::from_millis(10),
-            "interval",
+            "heartbeat.interval",
             "heartbeat.interval must be at least 10ms",
         )?;
-        positive(
-            !self.upstream.idle_timeout.0.is_zero(),
-            "idle_timeout",
-            "upstream.idle_timeout must be above 0",
-        )?;
-        positive(
-            !self.upstream.connect_timeout.0.is_zero(),
-            "connect_timeout",
-            "upstream.connect_timeout must be above 0",
-        )?;
+        nonzero(self.server.header_read_timeout, "server.header_read_timeout")?;
+        nonzero(self.server.body_read_timeout, "server.body_read_timeout")?;
+        nonzero(self.server.idle_timeout, "server.idle_timeout")?;
+        nonzero(self.upstream.connect_timeout, "upstream.connect_timeout")?;
+        nonzero(self.upstream.response_timeout, "upstream.response_timeout")?;
+        nonzero(self.upstream.idle_timeout, "upstream.idle_timeout")?;
+        nonzero(self.resume.retention, "resume.retention")?;
+        self.check_listeners().map_err(|m| {
+            (
+                At::First(vec![At::Key("server.admin_listen"), At::Key("server.listen")]),
+                m,
+            )
+        })?;
         positive(
             self.upstream.max_event_bytes.0 >= 64,
-            "max_event_bytes",
+            "upstream.max_event_bytes",
             "upstream.max_event_bytes must be at least 64 bytes",
         )?;
         positive(
             self.resume.max_stream_bytes.0 >= self.upstream.max_event_bytes.0.saturating_mul(2),
-            "max_stream_bytes",
+            "resume.max_stream_bytes",
             "resume.max_stream_bytes must be at least twice upstream.max_event_bytes, so one event always fits",
         )?;
         positive(
             self.resume.max_total_bytes.0 >= self.resume.max_stream_bytes.0,
-            "max_total_bytes",
+            "resume.max_total_bytes",
             "resume.max_total_bytes must be at least resume.max_stream_bytes",
         )?;
         positive(
             self.limits.max_streams >= 1,
-            "max_streams",
+            "limits.max_streams",
             "limits.max_streams must be at least 1",
         )?;
         positive(
             self.limits.max_streams_per_identity >= 1,
-            "max_streams_per_identity",
+            "limits.max_streams_per_identity",
             "limits.max_streams_per_identity must be at least 1",
         )?;
         positive(
             self.limits.max_followers >= 1,
-            "max_followers",
+            "limits.max_followers",
             "limits.max_followers must be at least 1",
         )?;
         positive(
             self.limits.max_write_bytes.0 >= 1024,
-            "max_write_bytes",
+            "limits.max_write_bytes",
             "limits.max_write_bytes must be at least 1KiB",
         )?;
         positive(
             (1..=1_000_000).contains(&self.server.max_connections),
-            "max_connections",
+            "server.max_connections",
             "server.max_connections must be between 1 and 1000000",
         )?;
         positive(
             self.progress.every_tokens >= 1,
-            "every_tokens",
+            "progress.every_tokens",
             "progress.every_tokens must be at least 1",
         )?;
         positive(
             self.progress.max_history >= 1,
-            "max_history",
+            "progress.max_history",
             "progress.max_history must be at least 1",
         )?;
         let p = &self.server.route_prefix;
         positive(
             p.starts_with('/') && p.len() > 1 && !p.ends_with('/') && !p.contains(['?', '#', '*']),
-            "route_prefix",
+            "server.route_prefix",
             "server.route_prefix must be an absolute path without a trailing '/', such as \"/_sse-proxy\"",
         )?;
         for m in &self.progress.models {
             if m.expected_tokens == 0 {
                 return Err((
-                    Some(m.name.clone()),
+                    At::Value(m.name.clone()),
                     format!("progress.model {:?}: expected_tokens must be at least 1", m.name),
                 ));
             }
             if let Some(r) = m.tokens_per_second {
                 if !(r.is_finite() && r > 0.0) {
                     return Err((
-                        Some(m.name.clone()),
+                        At::Value(m.name.clone()),
                         format!("progress.model {:?}: tokens_per_second must be above 0", m.name),
                     ));
                 }
@@ -627,13 +679,13 @@ impl Config {
             let label = r.path.as_label();
             if self.streams[..i].iter().any(|o| o.path == r.path) {
                 return Err((
-                    Some(label.clone()),
+                    At::Value(label.clone()),
                     format!("duplicate [[stream]] path {label:?}"),
                 ));
             }
             if r.terminal_events.iter().any(|t| t == &r.token_event) {
                 return Err((
-                    Some(label.clone()),
+                    At::Value(label.clone()),
                     format!(
                         "[[stream]] {label:?}: token_event {:?} cannot also be a terminal event",
                         r.token_event
@@ -642,7 +694,7 @@ impl Config {
             }
             if label.starts_with(&format!("{p}/")) || label == *p {
                 return Err((
-                    Some(label.clone()),
+                    At::Value(label.clone()),
                     format!("[[stream]] {label:?} is inside server.route_prefix {p:?}"),
                 ));
             }
@@ -652,8 +704,22 @@ impl Config {
 }
 
 /// A parse error message, with what is expected added where serde's own message says only what
-/// is missing.
-fn explain(message: &str) -> String {
+/// is missing; `at` is the character the error points at.
+fn explain(message: &str, at: Option<char>) -> String {
+    // toml says nothing, or something misleading, about a control character (in a comment, say).
+    match at {
+        Some(c) if c.is_control() && !matches!(c, '\t' | '\n' | '\r') => {
+            return format!(
+                "unexpected control character U+{:04X}: TOML allows no control character except tab, not even in a comment",
+                u32::from(c)
+            );
+        }
+        Some(c) if message.is_empty() => {
+            return format!("unexpected character {c:?} (U+{:04X})", u32::from(c))
+        }
+        None if message.is_empty() => return "invalid TOML".to_string(),
+        _ => {}
+    }
     let hint = match message {
         "missing field `upstream`" => {
             "the [upstream] table is required, with at least url = \"http://HOST:PORT\""
@@ -681,23 +747,64 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Finds where a key or value is written, for validation errors that serde cannot place.
-fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
-    let quoted = format!("\"{needle}\"");
-    let at = text.find(&quoted).or_else(|| {
-        text.lines()
-            .scan(0usize, |pos, l| {
-                let start = *pos;
-                *pos += l.len() + 1;
-                Some((start, l))
-            })
-            .find(|(_, l)| {
-                l.trim_start().starts_with(needle)
-                    && l.trim_start()[needle.len()..].trim_start().starts_with('=')
-            })
-            .map(|(start, l)| start + (l.len() - l.trim_start().len()))
-    })?;
-    Some(line_col(text, at))
+/// Where a validation error points, for errors that serde cannot place.
+enum At {
+    /// A key, written `table.key` (the table header, or the dotted key, in the file).
+    Key(&'static str),
+    /// A quoted string value.
+    Value(String),
+    /// The first of these that is written in the file.
+    First(Vec<At>),
+}
+
+impl At {
+    /// 1-based line and column in `text`, when found.
+    fn locate(&self, text: &str) -> Option<(usize, usize)> {
+        match self {
+            At::Key(k) => locate_key(text, k),
+            At::Value(v) => text.find(&format!("\"{v}\"")).map(|at| line_col(text, at)),
+            At::First(all) => all.iter().find_map(|a| a.locate(text)),
+        }
+    }
+}
+
+/// Finds `key = ...` under `[table]` for `"table.key"` (or the dotted `table.key = ...` written
+/// elsewhere); a key without a table is looked for anywhere.
+fn locate_key(text: &str, dotted: &str) -> Option<(usize, usize)> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    let mut pos = 0usize;
+    for line in text.split_inclusive('\n') {
+        let start = pos;
+        pos += line.len();
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with('[') {
+            current = trimmed
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some((name, _)) = trimmed.split_once('=') else {
+            continue;
+        };
+        let name = name.trim();
+        let here = if table.is_empty() {
+            name == key
+        } else {
+            (current == table && name == key)
+                || (current.is_empty() && name == dotted)
+                || format!("{current}.{name}") == dotted
+        };
+        if here && !trimmed.starts_with('#') {
+            return Some(line_col(text, start + indent));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.resume.client_retry.0, Duration::from_secs(1));
     assert!(c.streams.is_empty());
     assert_eq!(c.server.route_prefix, "/_sse-proxy");
+    assert_eq!(c.server.idle_timeout.0, Duration::from_secs(60));
 }
 
 #[test]
@@ -159,4 +160,137 @@ fn identity_and_model_sources() {
     assert!(c.stream_route("/sx").is_none());
     let (_, _, msg) = err("[upstream]\nurl = \"http://a:1\"\n[identity]\nfrom = \"query:x\"\n");
     assert!(msg.contains("cookie:NAME"), "{msg}");
+}
+
+#[test]
+fn zero_timeouts_and_retention_are_rejected_where_written() {
+    let up = "[upstream]\nurl = \"http://a:1\"\n";
+    let cases = [
+        (
+            format!("{up}response_timeout = \"0s\"\n"),
+            (3, 1),
+            "upstream.response_timeout",
+        ),
+        (
+            format!("{up}idle_timeout = \"0ms\"\n"),
+            (3, 1),
+            "upstream.idle_timeout",
+        ),
+        (
+            format!("[server]\nheader_read_timeout = \"0s\"\n{up}"),
+            (2, 1),
+            "server.header_read_timeout",
+        ),
+        (
+            format!("{up}[server]\nshutdown_grace = \"1s\"\n  body_read_timeout = \"0s\"\n"),
+            (5, 3),
+            "server.body_read_timeout",
+        ),
+        (
+            format!("{up}[resume]\nretention = \"0s\"\n"),
+            (4, 1),
+            "resume.retention",
+        ),
+        // Both tables have an idle_timeout: each error points into its own table.
+        (
+            format!("[server]\nidle_timeout = \"5s\"\n{up}idle_timeout = \"0s\"\n"),
+            (5, 1),
+            "upstream.idle_timeout",
+        ),
+        (
+            format!("{up}idle_timeout = \"5s\"\n[server]\nidle_timeout = \"0s\"\n"),
+            (5, 1),
+            "server.idle_timeout",
+        ),
+    ];
+    for (text, at, key) in cases {
+        let (line, col, msg) = err(&text);
+        assert_eq!((line, col), at, "{key}: {msg}\n{text}");
+        assert!(msg.contains(key) && msg.contains("above 0"), "{key}: {msg}");
+    }
+}
+
+#[test]
+fn a_key_is_located_in_its_own_table() {
+    // `retention` also appears earlier as a value and in a comment; the error points at the key
+    // under [resume].
+    let text = "# retention = \"0s\" is refused\n[upstream]\nurl = \"http://a:1/retention\"\n[resume]\ndetach_grace = \"1s\"\nretention = \"0s\"\n";
+    let (line, col, _) = err(text);
+    assert_eq!((line, col), (6, 1));
+    // A dotted key written at the top level.
+    let (line, _, msg) = err("resume.retention = \"0s\"\n[upstream]\nurl = \"http://a:1\"\n");
+    assert!(msg.contains("resume.retention"), "{msg}");
+    assert_eq!(line, 1);
+}
+
+#[test]
+fn listeners_must_differ() {
+    let up = "[upstream]\nurl = \"http://a:1\"\n";
+    let (line, col, msg) = err(&format!(
+        "{up}[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.1:8080\"\n"
+    ));
+    assert_eq!((line, col), (5, 1));
+    assert!(
+        msg.contains("server.admin_listen") && msg.contains("127.0.0.1:8080"),
+        "{msg}"
+    );
+    // A wildcard address covers every specific one on the same port.
+    let (line, _, _) = err(&format!(
+        "{up}[server]\nadmin_listen = \"0.0.0.0:9000\"\nlisten = \"127.0.0.1:9000\"\n"
+    ));
+    assert_eq!(line, 4);
+    // Port 0 picks a free port for each.
+    Config::from_toml_str(
+        &format!("{up}[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n"),
+        "x",
+    )
+    .expect("port 0 twice is valid");
+    Config::from_toml_str(
+        &format!("{up}[server]\nlisten = \"127.0.0.1:8080\"\nadmin_listen = \"127.0.0.2:8080\"\n"),
+        "x",
+    )
+    .expect("two addresses, one port");
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_located() {
+    let mut bytes = b"[upstream]\nurl = \"http://a:1\"\n# caf".to_vec();
+    bytes.push(0xE9); // Latin-1 'é'
+    bytes.extend_from_slice(b"\n");
+    match Config::from_toml_bytes(&bytes, "proxy.toml") {
+        Err(ConfigError::Invalid {
+            file,
+            line,
+            col,
+            message,
+        }) => {
+            assert_eq!((file.as_str(), line, col), ("proxy.toml", 3, 6));
+            assert!(message.contains("UTF-8"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let ok = Config::from_toml_bytes(MINIMAL.as_bytes(), "x").expect("valid");
+    assert!(ok.streams.is_empty());
+}
+
+#[test]
+fn control_character_in_a_comment_is_explained() {
+    let (line, col, msg) = err("[upstream]\nurl = \"http://a:1\" # a\u{0}b\n");
+    assert_eq!((line, col), (2, 23));
+    assert!(
+        msg.contains("U+0000") && msg.contains("control character"),
+        "{msg:?}"
+    );
+    let (_, _, msg) = err("# \u{7f}\n[upstream]\nurl = \"http://a:1\"\n");
+    assert!(msg.contains("U+007F"), "{msg:?}");
+}
+
+#[test]
+fn cross_field_checks_are_located_in_crlf_files() {
+    let (line, col, msg) = err("[upstream]\r\nurl = \"http://a:1\"\r\n[batching]\r\nmax_tokens = 0\r\n");
+    assert_eq!((line, col), (4, 1));
+    assert!(msg.contains("at least 1"), "{msg}");
+    // Before the fix the offset landed inside the 'é' and panicked.
+    let (line, col, _) = err("[upstream]\r\nurl = \"http://a:1\"\r\n[batching] # é\r\nmax_tokens = 0\r\n");
+    assert_eq!((line, col), (4, 1));
 }

@@ -2,7 +2,7 @@
 //! are tunnelled once the backend answers `101 Switching Protocols`.
 
 use crate::app::App;
-use crate::http_util::{self, ProxyBody};
+use crate::http_util::{self, BodyError, ClientBody, ProxyBody};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -19,7 +19,10 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = match app.upstream.uri_for(pq) {
         Ok(u) => u,
-        Err(e) => return super::upstream_error(&e),
+        Err(e) => {
+            tracing::debug!(error = %e, "request target refused");
+            return super::upstream_error(&e);
+        }
     };
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
@@ -28,7 +31,8 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
         set_upgrade(&mut parts.headers, proto.clone());
     }
     parts.uri = uri;
-    let upstream_req = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let (body, client_failed) = ClientBody::new(body);
+    let upstream_req = Request::from_parts(parts, body.boxed_unsync());
     match app.upstream.send(upstream_req).await {
         Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match upgrade {
             Some((_, client)) => tunnel(app, client, resp),
@@ -50,10 +54,14 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
             metrics::counter!(crate::metrics::PASSTHROUGH, "status" => class).increment(1);
             Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "passthrough failed");
-            super::upstream_error(&e)
-        }
+        Err(e) => match client_failed.get() {
+            // The backend request failed because the client's body did: not the backend's fault.
+            Some(detail) => BodyError::Broken(detail.to_string()).response(),
+            None => {
+                tracing::warn!(error = %e, "passthrough failed");
+                super::upstream_error(&e)
+            }
+        },
     }
 }
 

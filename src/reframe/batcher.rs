@@ -59,7 +59,11 @@ impl Batcher {
             // The new token would overflow the byte limit: send what we have, start afresh with it.
             let out = self.take();
             self.add(token, now);
-            return out.or_else(|| self.flush_if_due(now));
+            if self.due(now) {
+                // Only one batch can be returned: the new one is due now, for the caller's timer.
+                self.deadline = Some(now);
+            }
+            return out;
         }
         self.add(token, now);
         self.flush_if_due(now)
@@ -76,11 +80,16 @@ impl Batcher {
     fn flush_if_due(&mut self, now: Instant) -> Option<Batch> {
         let first = !self.seen_first;
         self.seen_first = true;
-        let full = self.tokens >= self.limits.max_tokens || self.text.len() >= self.limits.max_bytes;
-        if first || full || self.trickle(now) || self.deadline.is_some_and(|d| now >= d) {
+        if first || self.due(now) {
             return self.take();
         }
         None
+    }
+
+    /// Whether the pending batch must go now: full, a trickle, or past its deadline.
+    fn due(&self, now: Instant) -> bool {
+        let full = self.tokens >= self.limits.max_tokens || self.text.len() >= self.limits.max_bytes;
+        full || self.trickle(now) || self.deadline.is_some_and(|d| now >= d)
     }
 
     /// Adaptive mode: hold a batch only if another token is expected before its deadline.
@@ -103,7 +112,7 @@ impl Batcher {
         self.last_token = Some(now);
     }
 
-    /// When the pending batch must be flushed, if one is pending.
+    /// When the pending batch must be flushed, if one is pending (possibly `now`: flush it at once).
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -199,6 +208,25 @@ mod tests {
         b.push("a", t0);
         let big = "x".repeat(40);
         assert_eq!(b.push(&big, t0 + ms(1)), Some(Batch { text: big, tokens: 1 }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_left_by_an_overflow_is_due_at_once() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(limits(false));
+        b.push("a", t0);
+        assert_eq!(b.push("bb", t0 + ms(1)), None);
+        // The pending batch goes; the oversized token left behind cannot grow and must not wait.
+        let big = "x".repeat(40);
+        assert_eq!(
+            b.push(&big, t0 + ms(2)),
+            Some(Batch {
+                text: "bb".into(),
+                tokens: 1
+            })
+        );
+        assert_eq!(b.deadline(), Some(t0 + ms(2)));
+        assert_eq!(b.take(), Some(Batch { text: big, tokens: 1 }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod h2raw;
 pub mod process;
 pub mod raw;
 

@@ -1,0 +1,333 @@
+//! Client connections on real sockets: silent and half-open connections are closed after
+//! `server.header_read_timeout`, idle keep-alive ones after `server.idle_timeout` (h2 with GOAWAY),
+//! long streams are never cut, and `max_connections` shows in `/readyz` and the metrics.
+
+mod common;
+
+use common::h2raw::{self, RawFrame};
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Whether the proxy closes the connection (end of stream or reset) within `WAIT`, whatever it
+/// sends before.
+async fn closed_by_proxy(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response from `s` (the mock answers chunked): its head and raw body.
+async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body = &buf[end + 4..];
+            if body.ends_with(b"0\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+                assert!(
+                    head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+                    "{head}"
+                );
+                return (head, body.to_vec());
+            }
+        }
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed in the response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn readyz(admin: SocketAddr) -> (u16, serde_json::Value) {
+    let resp = get(&format!("http://{admin}/readyz"), &[]).await;
+    let status = resp.status().as_u16();
+    (status, json_of(&body_bytes(resp).await))
+}
+
+/// Polls `/readyz` until it answers `status`; returns whether it did within `WAIT`.
+async fn readyz_becomes(admin: SocketAddr, status: u16) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if readyz(admin).await.0 == status {
+            return true;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    false
+}
+
+async fn plain_upstream() -> MockUpstream {
+    MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "fine")).await
+}
+
+#[tokio::test]
+async fn silent_and_half_open_connections_are_closed_after_header_read_timeout() {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| c.server.header_read_timeout.0 = ms(200)).await;
+    let mut preface_only = h2raw::PREFACE.to_vec();
+    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    let cases: [(&str, &[u8]); 5] = [
+        ("no byte at all", b""),
+        ("part of the h2 preface", &h2raw::PREFACE[..16]),
+        ("the h2 preface and no request", &preface_only),
+        ("one byte", b"G"),
+        ("part of an HTTP/1.1 head", b"GET / HTTP/1.1\r\nHost: x\r\n"),
+    ];
+    let addr = p.addr;
+    let tasks: Vec<_> = cases
+        .into_iter()
+        .map(|(name, bytes)| {
+            let bytes = bytes.to_vec();
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                s.write_all(&bytes).await.expect("write");
+                (name, closed_by_proxy(&mut s).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (name, closed) = t.await.expect("join");
+        assert!(closed, "{name}: the connection was not closed");
+    }
+    assert_eq!(up.requests(), 0);
+    // The proxy still serves.
+    let resp = get(&format!("http://{addr}/after"), &[]).await;
+    assert_eq!(body_bytes(resp).await, "fine");
+}
+
+#[tokio::test]
+async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_clients_out() {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = ms(300);
+        c.server.max_connections = 2;
+    })
+    .await;
+    let rejected = "sse_proxy_rejected_total{reason=\"max_connections\"}";
+    let before = metric(&metrics_text(p.admin).await, rejected);
+    assert_eq!(readyz(p.admin).await.0, 200);
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(p.addr).await.expect("connect"));
+    }
+    assert!(
+        readyz_becomes(p.admin, 503).await,
+        "readyz stays 200 at max_connections"
+    );
+    let (_, body) = readyz(p.admin).await;
+    assert_eq!(body["status"], "at_capacity", "{body}");
+    // A real client is served: one silent socket makes room, the other times out.
+    let resp = get(&format!("http://{}/real", p.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_bytes(resp).await, "fine");
+    for s in &mut silent {
+        assert!(closed_by_proxy(s).await, "a silent socket was not closed");
+    }
+    assert!(
+        readyz_becomes(p.admin, 200).await,
+        "readyz stays 503 below max_connections"
+    );
+    let after = metric(&metrics_text(p.admin).await, rejected);
+    assert!(after > before, "{rejected}: {before} -> {after}");
+}
+
+#[tokio::test]
+async fn idle_http1_keep_alive_is_closed_after_idle_timeout() {
+    let up = plain_upstream().await;
+    // A request head may take a minute: only the idle timeout can close this connection in time.
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        c.server.idle_timeout.0 = ms(300);
+    })
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"4\r\nfine\r\n0\r\n\r\n");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection was not closed")
+        .expect("closed cleanly, not reset");
+    assert_eq!(
+        n,
+        0,
+        "sent after the response: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test]
+async fn idle_h2c_connection_gets_goaway_after_idle_timeout() {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        c.server.idle_timeout.0 = ms(300);
+    })
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    h2raw::handshake(&mut s).await.expect("handshake");
+    s.write_all(&h2raw::get_request(1, "/one"))
+        .await
+        .expect("request");
+    let end_of_answer = |f: &RawFrame| {
+        f.stream == 1 && matches!(f.kind, h2raw::DATA | h2raw::HEADERS) && f.flags & h2raw::END_STREAM != 0
+    };
+    tokio::time::timeout(WAIT, h2raw::read_until(&mut s, end_of_answer))
+        .await
+        .expect("answer in time")
+        .expect("the answer");
+    let goaway = tokio::time::timeout(WAIT, h2raw::read_until(&mut s, |f| f.kind == h2raw::GOAWAY))
+        .await
+        .expect("no GOAWAY on the idle connection")
+        .expect("GOAWAY before the connection closed");
+    // Error code NO_ERROR: a graceful close.
+    assert_eq!(goaway.payload.get(4..8), Some(&[0u8, 0, 0, 0][..]), "{goaway:?}");
+    let end = tokio::time::timeout(WAIT, h2raw::read_until(&mut s, |_| false))
+        .await
+        .expect("the connection closes after GOAWAY");
+    assert!(end.is_none());
+}
+
+#[tokio::test]
+async fn a_later_request_head_must_also_arrive_within_header_read_timeout() {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = ms(300);
+        c.server.idle_timeout.0 = Duration::from_secs(60);
+    })
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"GET /two HTTP/1.1\r\nHo").await.expect("write");
+    assert!(
+        closed_by_proxy(&mut s).await,
+        "a half-sent second head kept the connection"
+    );
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn streams_longer_than_idle_timeout_are_not_cut() {
+    let tokens: Vec<String> = (0..12).map(|i| format!("t{i} ")).collect();
+    let t2 = tokens.clone();
+    let up = MockUpstream::start(move |_, _| Reply::sse(answer(&t2, ms(100)))).await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = ms(200);
+        c.server.idle_timeout.0 = ms(200);
+    })
+    .await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
+    assert_eq!(text_of(&events), tokens.concat(), "HTTP/1.1");
+    assert_eq!(events.last().expect("events").event, "done");
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::get(format!("http://{}/stream", p.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(WAIT, client.request(req))
+        .await
+        .expect("in time")
+        .expect("h2 response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let events = Events::new(resp).all().await;
+    assert_eq!(text_of(&events), tokens.concat(), "h2c");
+    assert_eq!(events.last().expect("events").event, "done");
+}
+
+#[tokio::test]
+async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_one() {
+    let up = plain_upstream().await;
+    // No timeout can explain a quick answer here: a request head may take a minute.
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        c.server.max_connections = 2;
+    })
+    .await;
+    let mut oldest = TcpStream::connect(p.addr).await.expect("connect");
+    let slots = p.app.connections.clone();
+    assert!(
+        wait_for(WAIT, || slots.available_permits() == 1).await,
+        "not accepted"
+    );
+    let mut newer = TcpStream::connect(p.addr).await.expect("connect");
+    assert!(
+        readyz_becomes(p.admin, 503).await,
+        "readyz stays 200 at max_connections"
+    );
+    let resp = get(&format!("http://{}/real", p.addr), &[]).await;
+    assert_eq!(body_bytes(resp).await, "fine");
+    assert!(
+        closed_by_proxy(&mut oldest).await,
+        "the oldest silent socket was kept"
+    );
+    // The newer one is still open: writing a request now gets it served.
+    newer
+        .write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut newer).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn at_max_connections_a_connection_with_a_request_in_flight_is_never_closed() {
+    let tokens: Vec<String> = (0..8).map(|i| format!("t{i} ")).collect();
+    let t2 = tokens.clone();
+    let up = MockUpstream::start(move |parts, _| match parts.uri.path() {
+        "/stream" => Reply::sse(answer(&t2, ms(100))),
+        _ => Reply::plain(200, "text/plain", "fine"),
+    })
+    .await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        // The client may keep the stream's connection open once the stream ends.
+        c.server.idle_timeout.0 = ms(300);
+        c.server.max_connections = 1;
+    })
+    .await;
+    let mut stream = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await);
+    assert_eq!(stream.next().await.expect("first event").event, "thinking");
+    // Queued behind the stream, not served by closing it.
+    let url = format!("http://{}/late", p.addr);
+    let late = tokio::spawn(async move { get(&url, &[]).await });
+    let events = stream.all().await;
+    assert_eq!(text_of(&events), tokens.concat());
+    assert_eq!(events.last().expect("events").event, "done");
+    let resp = tokio::time::timeout(WAIT, late)
+        .await
+        .expect("in time")
+        .expect("join");
+    assert_eq!(body_bytes(resp).await, "fine");
+}
