@@ -7,6 +7,7 @@ use crate::identity::IdentityRule;
 use crate::metrics::Metrics;
 use crate::progress::Learner;
 use crate::reframe::{batcher, ReaderSettings, RouteSettings};
+use crate::store::{self, StoreSettings};
 use crate::stream::Registry;
 use crate::upstream::Upstream;
 use http::{Request, Response};
@@ -41,15 +42,39 @@ pub struct App {
     pub client_reports: handlers::client_metrics::RateLimit,
     /// What every request and stream counts into.
     pub metrics: Arc<Metrics>,
+    /// The stream store: every stream's events, for resumes of streams this process does not hold.
+    pub store: store::Handle,
+}
+
+/// The memory store, bounded like the local logs.
+fn memory_store(cfg: &Config) -> store::Handle {
+    let settings = StoreSettings {
+        max_stream_bytes: cfg.resume.max_stream_bytes.bytes(),
+        lease: store::LEASE,
+        retention: cfg.resume.retention.0,
+    };
+    store::Handle::memory(settings, cfg.resume.max_total_bytes.bytes())
 }
 
 impl App {
-    /// Builds the state for a validated config, counting into `metrics`.
+    /// Builds the state for a validated config, counting into `metrics`, with a memory store.
     pub fn new(
         cfg: Config,
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
+    ) -> Self {
+        let store = memory_store(&cfg);
+        Self::with_store(cfg, learner, shutdown, metrics, store)
+    }
+
+    /// Builds the state for a validated config, counting into `metrics`, writing streams to `store`.
+    pub fn with_store(
+        cfg: Config,
+        learner: Option<Arc<Learner>>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+        store: store::Handle,
     ) -> Self {
         let budget = Arc::new(crate::log::LogBudget::new(metrics.log_bytes.clone()));
         let registry = Arc::new(Registry::new(
@@ -76,6 +101,7 @@ impl App {
                 .clone()
                 .filter(|_| cfg.progress.enabled)
                 .map(|l| (l, cfg.progress.every_tokens, cfg.progress.min_interval.0)),
+            store: store.clone(),
         });
         App {
             upstream: Upstream::new(&cfg.upstream),
@@ -94,6 +120,7 @@ impl App {
             learner,
             shutdown,
             metrics,
+            store,
         }
     }
 

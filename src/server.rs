@@ -44,6 +44,17 @@ pub async fn bind(
     shutdown: CancellationToken,
     metrics: Prometheus,
 ) -> Result<Bound, ServerError> {
+    bind_with_store(cfg, shutdown, metrics, None).await
+}
+
+/// [`bind`], writing streams to `store` instead of a memory store of this process's own (tests run
+/// several proxies on one store).
+pub async fn bind_with_store(
+    cfg: Config,
+    shutdown: CancellationToken,
+    metrics: Prometheus,
+    store: Option<crate::store::Handle>,
+) -> Result<Bound, ServerError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -52,7 +63,10 @@ pub async fn bind(
     let main = bind(cfg.server.listen).await?;
     let admin = bind(cfg.server.admin_listen).await?;
     let learner = cfg.progress.enabled.then(|| load_learner(&cfg));
-    let app = Arc::new(App::new(cfg, learner, shutdown, metrics.metrics));
+    let app = Arc::new(match store {
+        Some(store) => App::with_store(cfg, learner, shutdown, metrics.metrics, store),
+        None => App::new(cfg, learner, shutdown, metrics.metrics),
+    });
     Ok(Bound {
         main,
         admin,

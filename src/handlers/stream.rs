@@ -4,7 +4,7 @@
 use super::resume::{self, Resume};
 use crate::app::App;
 use crate::config::{ModelSource, OnMiss};
-use crate::connection::{Cursor, CursorSettings};
+use crate::connection::{Cursor, CursorSettings, Remote};
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
 use crate::ids::StreamId;
@@ -46,7 +46,7 @@ pub async fn handle(
         }
     };
     if let Some(id) = resume_from {
-        match resume::answer(app, id, owner) {
+        match resume::answer(app, id, owner).await {
             Resume::Respond(resp) => return resp,
             Resume::Gone if app.cfg.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
@@ -110,7 +110,8 @@ async fn start(
     let (resp_parts, body) = resp.into_parts();
     let body = UpstreamBody::new(body, &resp_parts.headers);
     let id = StreamId::random();
-    let log = Arc::new(MemoryLog::new(
+    // Staged: clients see an event once the stream store has it.
+    let log = Arc::new(MemoryLog::staged(
         id,
         app.cfg.resume.max_stream_bytes.bytes(),
         app.registry.budget().clone(),
@@ -174,13 +175,43 @@ pub fn event_stream_response(
     after: u64,
     span: tracing::Span,
 ) -> Response<ProxyBody> {
-    let id = follower.stream().id.to_string();
+    let id = follower.stream().id;
+    let (preamble, settings) = cursor_settings(app);
+    sse_response(
+        id,
+        Cursor::new(follower, after, preamble, settings, app.metrics.clone()),
+        span,
+    )
+}
+
+/// A `200 text/event-stream` response following stream `id` in the store after seq `after`.
+pub fn store_stream_response(
+    app: &App,
+    id: StreamId,
+    after: u64,
+    span: tracing::Span,
+) -> Response<ProxyBody> {
+    let remote = Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone());
+    let (preamble, settings) = cursor_settings(app);
+    sse_response(
+        id,
+        Cursor::remote(remote, after, preamble, settings, app.metrics.clone()),
+        span,
+    )
+}
+
+/// The `retry:` preamble and write settings of every stream response.
+fn cursor_settings(app: &App) -> (Bytes, CursorSettings) {
     let preamble = protocol::retry_preamble(app.cfg.resume.client_retry.0.as_millis() as u64);
     let settings = CursorSettings {
         heartbeat: app.cfg.heartbeat.interval.0,
         max_write_bytes: app.cfg.limits.max_write_bytes.bytes(),
     };
-    let cursor = Cursor::new(follower, after, preamble, settings, app.metrics.clone());
+    (preamble, settings)
+}
+
+fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<ProxyBody> {
+    let id = id.to_string();
     let body = cursor.into_body();
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);

@@ -1,8 +1,9 @@
 //! The stream log: re-framed events of one stream, ids assigned on append, read by cursors.
 //!
 //! A stream appends; every connection is a cursor that reads after a sequence number. Live delivery and
-//! replay are the same read. `MemoryLog` is the default store; a shared store (for several replicas)
-//! implements the same trait.
+//! replay are the same read. The replica reading a stream's upstream keeps its log in memory
+//! ([`MemoryLog`]); a staged log shows readers only what the stream store (`crate::store`) has
+//! confirmed, so an id a client was given can be asked for on any replica.
 
 mod memory;
 
@@ -53,6 +54,17 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Drops the oldest events until at most `max_bytes` are held (all of them if need be: the total
     /// memory bound wins over keeping a running stream's newest event). Seqs stay as they were.
     fn shrink_to(&self, max_bytes: usize);
+    /// Seq of the last event readers may see (0 before any): reads end there and ids past it are
+    /// `Gone`. It follows every append unless the log is staged.
+    fn durable_seq(&self) -> u64;
+    /// Makes the events up to `seq` visible (never past the last appended, never backwards).
+    fn mark_durable(&self, seq: u64);
+    /// Live-only (`true`): everything appended so far, and every later append, is visible at once.
+    /// `false` (a staged log): appends wait for [`StreamLog::mark_durable`] again.
+    fn set_live_only(&self, on: bool);
+    /// The encoded events after `after` up to the last appended (the first has seq `after + 1`;
+    /// empty when there are none); `None` when some of them were dropped.
+    fn frames_after(&self, after: u64) -> Option<Vec<Bytes>>;
 }
 
 /// Wakes a cursor when its log changes.
