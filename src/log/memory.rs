@@ -3,7 +3,7 @@
 use super::{Read, StreamLog, Subscription};
 use crate::ids::StreamId;
 use crate::protocol;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -188,25 +188,7 @@ impl StreamLog for MemoryLog {
         }
         let start = (after + 1 - inner.first) as usize;
         let available = (end - after) as usize;
-        let first = &inner.frames[start];
-        let mut total = first.len();
-        let mut count = 1;
-        for f in inner.frames.range(start + 1..start + available) {
-            if total + f.len() > max_bytes {
-                break;
-            }
-            total += f.len();
-            count += 1;
-        }
-        let chunk = if count == 1 {
-            first.clone()
-        } else {
-            let mut buf = BytesMut::with_capacity(total);
-            for f in inner.frames.range(start..start + count) {
-                buf.put_slice(f);
-            }
-            buf.freeze()
-        };
+        let (chunk, count) = super::coalesce(&inner.frames, start, start + available, max_bytes);
         Read::Data {
             chunk,
             last: after + count as u64,

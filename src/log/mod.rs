@@ -9,7 +9,8 @@ mod memory;
 
 pub use memory::{LogBudget, MemoryLog};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
 use tokio::sync::watch;
 
 /// The result of reading a log after a sequence number.
@@ -28,6 +29,37 @@ pub enum Read {
     End,
     /// The position is no longer (or never was) in the log.
     Gone,
+}
+
+/// The frames `frames[start..end]` (at least one) coalesced into one chunk of at most `max_bytes`
+/// (or the first frame alone when it is larger), and how many frames it holds. One frame is shared,
+/// not copied.
+pub(crate) fn coalesce(
+    frames: &VecDeque<Bytes>,
+    start: usize,
+    end: usize,
+    max_bytes: usize,
+) -> (Bytes, usize) {
+    let Some(first) = frames.get(start) else {
+        return (Bytes::new(), 0);
+    };
+    let mut total = first.len();
+    let mut count = 1;
+    for f in frames.range(start + 1..end.min(frames.len())) {
+        if total + f.len() > max_bytes {
+            break;
+        }
+        total += f.len();
+        count += 1;
+    }
+    if count == 1 {
+        return (first.clone(), 1);
+    }
+    let mut buf = BytesMut::with_capacity(total);
+    for f in frames.range(start..start + count) {
+        buf.put_slice(f);
+    }
+    (buf.freeze(), count)
 }
 
 /// One stream's append-only event log.
