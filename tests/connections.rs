@@ -8,54 +8,22 @@ use common::h2raw::{self, RawFrame};
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Whether the proxy closes the connection (end of stream or reset) within `WAIT`, whatever it
-/// sends before.
-async fn closed_by_proxy(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 response from `s` (the mock answers chunked): its head and raw body.
-async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let body = &buf[end + 4..];
-            if body.ends_with(b"0\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
-                assert!(
-                    head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
-                    "{head}"
-                );
-                return (head, body.to_vec());
-            }
-        }
-        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed in the response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
+/// Reads one response of the plain mock from `s`: its head and its chunked body as framed on the
+/// wire.
+async fn read_chunked(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let (head, body) = tcp::read_response(s).await;
+    assert!(
+        head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (head, body)
 }
 
 async fn readyz(admin: SocketAddr) -> (u16, serde_json::Value) {
@@ -80,6 +48,20 @@ async fn plain_upstream() -> MockUpstream {
     MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "fine")).await
 }
 
+/// The plain mock behind a proxy that closes idle connections after 300 ms. A request head may
+/// take a minute: only the idle timeout can close a connection in time.
+async fn idle_proxy() -> (MockUpstream, TestProxy) {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        c.server.idle_timeout.0 = ms(300);
+    })
+    .await;
+    (up, p)
+}
+
+const GET_ONE: &[u8] = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
+
 #[tokio::test]
 async fn silent_and_half_open_connections_are_closed_after_header_read_timeout() {
     let up = plain_upstream().await;
@@ -99,9 +81,8 @@ async fn silent_and_half_open_connections_are_closed_after_header_read_timeout()
         .map(|(name, bytes)| {
             let bytes = bytes.to_vec();
             tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.expect("connect");
-                s.write_all(&bytes).await.expect("write");
-                (name, closed_by_proxy(&mut s).await)
+                let mut s = tcp::open(addr, &bytes).await;
+                (name, tcp::closed_by_peer(&mut s).await)
             })
         })
         .collect();
@@ -128,7 +109,7 @@ async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_cl
     assert_eq!(readyz(p.admin).await.0, 200);
     let mut silent = Vec::new();
     for _ in 0..2 {
-        silent.push(TcpStream::connect(p.addr).await.expect("connect"));
+        silent.push(tcp::connect(p.addr).await);
     }
     assert!(
         readyz_becomes(p.admin, 503).await,
@@ -141,7 +122,7 @@ async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_cl
     assert_eq!(resp.status(), 200);
     assert_eq!(body_bytes(resp).await, "fine");
     for s in &mut silent {
-        assert!(closed_by_proxy(s).await, "a silent socket was not closed");
+        assert!(tcp::closed_by_peer(s).await, "a silent socket was not closed");
     }
     assert!(
         readyz_becomes(p.admin, 200).await,
@@ -153,28 +134,19 @@ async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_cl
 
 #[tokio::test]
 async fn idle_http1_keep_alive_is_closed_after_idle_timeout() {
-    let up = plain_upstream().await;
-    // A request head may take a minute: only the idle timeout can close this connection in time.
-    let p = proxy(up.addr, |c| {
-        c.server.header_read_timeout.0 = Duration::from_secs(60);
-        c.server.idle_timeout.0 = ms(300);
-    })
-    .await;
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let (head, body) = read_response(&mut s).await;
+    let (_up, p) = idle_proxy().await;
+    let mut s = tcp::open(p.addr, GET_ONE).await;
+    let (head, body) = read_chunked(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, b"4\r\nfine\r\n0\r\n\r\n");
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-        .await
-        .expect("the idle connection was not closed")
-        .expect("closed cleanly, not reset");
+    let (rest, end) = tcp::read_to_end(&mut s, WAIT).await;
     assert_eq!(
-        n,
-        0,
+        end,
+        tcp::End::Closed,
+        "the idle connection was not closed in time, or was reset"
+    );
+    assert!(
+        rest.is_empty(),
         "sent after the response: {:?}",
         String::from_utf8_lossy(&rest)
     );
@@ -182,13 +154,8 @@ async fn idle_http1_keep_alive_is_closed_after_idle_timeout() {
 
 #[tokio::test]
 async fn idle_h2c_connection_gets_goaway_after_idle_timeout() {
-    let up = plain_upstream().await;
-    let p = proxy(up.addr, |c| {
-        c.server.header_read_timeout.0 = Duration::from_secs(60);
-        c.server.idle_timeout.0 = ms(300);
-    })
-    .await;
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let (_up, p) = idle_proxy().await;
+    let mut s = tcp::connect(p.addr).await;
     h2raw::handshake(&mut s).await.expect("handshake");
     s.write_all(&h2raw::get_request(1, "/one"))
         .await
@@ -220,15 +187,12 @@ async fn a_later_request_head_must_also_arrive_within_header_read_timeout() {
         c.server.idle_timeout.0 = Duration::from_secs(60);
     })
     .await;
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let (head, _) = read_response(&mut s).await;
+    let mut s = tcp::open(p.addr, GET_ONE).await;
+    let (head, _) = read_chunked(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"GET /two HTTP/1.1\r\nHo").await.expect("write");
     assert!(
-        closed_by_proxy(&mut s).await,
+        tcp::closed_by_peer(&mut s).await,
         "a half-sent second head kept the connection"
     );
     assert_eq!(up.requests(), 1);
@@ -250,16 +214,10 @@ async fn streams_longer_than_idle_timeout_are_not_cut() {
     assert_eq!(text_of(&events), tokens.concat(), "HTTP/1.1");
     assert_eq!(events.last().expect("events").event, "done");
 
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let req = http::Request::get(format!("http://{}/stream", p.addr))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");
-    let resp = tokio::time::timeout(WAIT, client.request(req))
-        .await
-        .expect("in time")
-        .expect("h2 response");
+    let resp = send_on(&h2c_client(), req).await;
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let events = Events::new(resp).all().await;
     assert_eq!(text_of(&events), tokens.concat(), "h2c");
@@ -275,13 +233,13 @@ async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_o
         c.server.max_connections = 2;
     })
     .await;
-    let mut oldest = TcpStream::connect(p.addr).await.expect("connect");
+    let mut oldest = tcp::connect(p.addr).await;
     let slots = p.app.connections.clone();
     assert!(
         wait_for(WAIT, || slots.available_permits() == 1).await,
         "not accepted"
     );
-    let mut newer = TcpStream::connect(p.addr).await.expect("connect");
+    let mut newer = tcp::connect(p.addr).await;
     assert!(
         readyz_becomes(p.admin, 503).await,
         "readyz stays 200 at max_connections"
@@ -289,7 +247,7 @@ async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_o
     let resp = get(&format!("http://{}/real", p.addr), &[]).await;
     assert_eq!(body_bytes(resp).await, "fine");
     assert!(
-        closed_by_proxy(&mut oldest).await,
+        tcp::closed_by_peer(&mut oldest).await,
         "the oldest silent socket was kept"
     );
     // The newer one is still open: writing a request now gets it served.
@@ -297,7 +255,7 @@ async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_o
         .write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let (head, _) = read_response(&mut newer).await;
+    let (head, _) = read_chunked(&mut newer).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 

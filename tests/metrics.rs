@@ -147,26 +147,13 @@ fn validate(text: &str) -> HashMap<String, String> {
 
 /// A passthrough POST whose chunked body is malformed; waits for the proxy's answer.
 async fn broken_chunked_body(addr: std::net::SocketAddr) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nZZ\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed without an answer");
-        head.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 400"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut s = tcp::open(
+        addr,
+        b"POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nZZ\r\n",
+    )
+    .await;
+    let head = tcp::read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
 
 #[tokio::test]
