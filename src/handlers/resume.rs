@@ -1,6 +1,6 @@
 //! Resuming a stream from `Last-Event-ID`.
 
-use super::stream::{event_stream_response, too_many};
+use super::respond::{event_stream_response, too_many};
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
@@ -50,7 +50,7 @@ pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         metrics::counter!(m::RESUMES, "result" => "finished").increment(1);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
-    let Some(follower) = stream.attach(app.cfg.limits.max_followers) else {
+    let Some(follower) = stream.attach(app.settings.limits.max_followers) else {
         return Resume::Respond(too_many(app, Rejected::MaxFollowers));
     };
     metrics::counter!(m::RESUMES, "result" => "replayed").increment(1);

@@ -8,9 +8,8 @@ pub mod batcher;
 pub mod body;
 pub mod token;
 
-use crate::config::StreamRoute;
 use crate::metrics as m;
-use crate::progress::{Learner, Tracker};
+use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::stream::{Outcome, Registry, Slot, Stream};
@@ -25,30 +24,20 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Everything a stream's reader needs that is fixed for its route.
+#[derive(Debug, Clone)]
 pub struct RouteSettings {
     /// The route as configured (label).
     pub label: Arc<str>,
     /// Upstream event type carrying tokens.
     pub token_event: String,
-    /// JSON Pointer to token text.
+    /// JSON Pointer to token text; the raw data when `None`.
     pub token_path: Option<token::Pointer>,
     /// Upstream events that end the stream.
     pub terminal_events: Vec<String>,
 }
 
-impl RouteSettings {
-    /// From a `[[stream]]` table.
-    pub fn new(route: &StreamRoute) -> Self {
-        RouteSettings {
-            label: route.path.as_label().into(),
-            token_event: route.token_event.clone(),
-            token_path: route.token_path.as_ref().map(|p| token::Pointer::parse(&p.0)),
-            terminal_events: route.terminal_events.clone(),
-        }
-    }
-}
-
 /// Settings shared by every stream's reader.
+#[derive(Debug, Clone, Copy)]
 pub struct ReaderSettings {
     /// Batching limits.
     pub batching: Limits,
@@ -62,8 +51,25 @@ pub struct ReaderSettings {
     pub cancel_on_disconnect: bool,
     /// Time allowed after shutdown starts.
     pub shutdown_grace: Duration,
-    /// Progress settings, when enabled.
-    pub progress: Option<(Arc<Learner>, usize, Duration)>,
+}
+
+/// Progress events of every stream: how often, and the learned lengths they estimate from.
+#[derive(Debug, Clone)]
+pub struct ProgressEvents {
+    /// Learned answer lengths, shared by all streams.
+    pub learner: Arc<Learner>,
+    /// At most one progress event per this many tokens and this interval.
+    pub cadence: Cadence,
+}
+
+/// What every stream's reader shares with the others.
+pub struct Shared {
+    /// Their settings.
+    pub settings: ReaderSettings,
+    /// All streams (the memory budget of their logs).
+    pub registry: Arc<Registry>,
+    /// Progress events, when enabled.
+    pub progress: Option<ProgressEvents>,
 }
 
 /// Why the reader stopped, and what the stream's last event says.
@@ -111,7 +117,7 @@ pub struct Reader<B> {
     stream: Arc<Stream>,
     body: B,
     route: Arc<RouteSettings>,
-    settings: Arc<ReaderSettings>,
+    settings: ReaderSettings,
     registry: Arc<Registry>,
     parser: Parser,
     batcher: Batcher,
@@ -128,26 +134,25 @@ impl<B> Reader<B>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
-    /// A reader for `stream`, fed by `body`; `arrived` is when the client's request arrived.
+    /// A reader for `stream` on `route`, fed by `body`; `arrived` is when the client's request arrived.
     pub fn new(
         stream: Arc<Stream>,
         body: B,
         route: Arc<RouteSettings>,
-        settings: Arc<ReaderSettings>,
-        registry: Arc<Registry>,
+        shared: &Shared,
         slot: Slot,
         arrived: Instant,
     ) -> Self {
-        let progress = settings.progress.as_ref().map(|(learner, every, min)| {
+        let progress = shared.progress.as_ref().map(|p| {
             Tracker::new(
-                learner.clone(),
+                p.learner.clone(),
                 route.label.to_string(),
                 stream.model.clone(),
-                *every,
-                *min,
+                p.cadence,
                 arrived,
             )
         });
+        let settings = shared.settings;
         Reader {
             parser: Parser::new(settings.max_event_bytes),
             batcher: Batcher::new(settings.batching),
@@ -155,7 +160,7 @@ where
             body,
             route,
             settings,
-            registry,
+            registry: shared.registry.clone(),
             progress,
             arrived,
             first_token: None,
@@ -368,11 +373,11 @@ where
         if outcome != Outcome::Completed || self.tokens == 0 {
             return;
         }
-        if let (Some(p), Some((learner, _, _))) = (self.progress.as_ref(), self.settings.progress.as_ref()) {
+        if let Some(p) = self.progress.as_ref() {
             if let Some(err) = p.estimate_error_at_quarter(self.tokens) {
                 metrics::histogram!(m::PROGRESS_ERROR).record(err);
             }
-            learner.record(&self.route.label, &self.stream.model, self.tokens);
+            p.learn(self.tokens);
         }
     }
 }

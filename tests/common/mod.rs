@@ -370,7 +370,8 @@ pub async fn proxy(upstream: SocketAddr, edit: impl FnOnce(&mut Config)) -> Test
 /// Starts a proxy with exactly this config.
 pub async fn proxy_with(cfg: Config) -> TestProxy {
     let shutdown = CancellationToken::new();
-    let bound = sse_proxy::server::bind(cfg, shutdown.clone())
+    let settings = sse_proxy::settings::Settings::build(&cfg);
+    let bound = sse_proxy::server::bind(settings, shutdown.clone())
         .await
         .expect("bind proxy");
     let (addr, admin, app) = (bound.main_addr(), bound.admin_addr(), bound.app().clone());

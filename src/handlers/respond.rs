@@ -1,0 +1,99 @@
+//! Responses more than one handler sends: the event stream of a follower, the 429 of a limit, and
+//! the answer to a failed backend request.
+
+use crate::app::App;
+use crate::connection::Cursor;
+use crate::http_util::{self, ProxyBody};
+use crate::metrics as m;
+use crate::protocol;
+use crate::stream::{Follower, Rejected};
+use crate::upstream::UpstreamError;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+/// A `200 text/event-stream` response following `follower`'s stream after seq `after`.
+pub fn event_stream_response(
+    app: &App,
+    follower: Follower,
+    after: u64,
+    span: tracing::Span,
+) -> Response<ProxyBody> {
+    let id = follower.stream().id.to_string();
+    let settings = &app.settings;
+    let preamble = protocol::retry_preamble(settings.resume.client_retry.as_millis() as u64);
+    let cursor = Cursor::new(follower, after, preamble, settings.cursor);
+    let body = cursor.into_body();
+    let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert("x-stream-id", v);
+    }
+    resp
+}
+
+/// A 429 with `Retry-After`, counted under the limit that was reached.
+pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
+    metrics::counter!(m::REJECTED, "reason" => why.as_str()).increment(1);
+    let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(app.settings.limits.retry_after_secs),
+    );
+    resp
+}
+
+/// The response for a failed backend request. The message is fixed: the error chain (addresses,
+/// OS errors) is for the log, which the caller writes.
+pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
+    match e {
+        UpstreamError::Unreachable(_) => {
+            crate::metrics::error("upstream_unreachable");
+            http_util::error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                "the backend is unreachable",
+            )
+        }
+        UpstreamError::Timeout(_) => {
+            crate::metrics::error("upstream_timeout");
+            http_util::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the backend did not answer in time",
+            )
+        }
+        UpstreamError::BadRequest(_) => http_util::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request target cannot be forwarded to the backend",
+        ),
+    }
+}
+
+/// A body that polls its inner body inside a tracing span, so cursor logs carry the stream id.
+struct InSpan {
+    inner: ProxyBody,
+    span: tracing::Span,
+}
+
+impl http_body::Body for InSpan {
+    type Data = Bytes;
+    type Error = crate::http_util::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let _enter = this.span.enter();
+        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+    }
+}
