@@ -3,6 +3,7 @@
 
 use crate::identity::IdentityRule;
 use crate::log::LogBudget;
+use crate::metrics::Metrics;
 use crate::progress::Learner;
 use crate::rate_limit::RateLimit;
 use crate::reframe::{self, ProgressEvents};
@@ -35,17 +36,25 @@ pub struct App {
     pub tunnels: Arc<Semaphore>,
     /// Client-metrics rate limiter (`client_metrics.per_second`).
     pub client_reports: RateLimit,
+    /// What every request and stream counts into.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
-    /// The state for `settings`; `learner` is used when progress is on.
-    pub fn new(settings: Settings, learner: Option<Arc<Learner>>, shutdown: CancellationToken) -> Self {
+    /// The state for `settings`, counting into `metrics`; `learner` is used when progress is on.
+    pub fn new(
+        settings: Settings,
+        learner: Option<Arc<Learner>>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let registry = Arc::new(Registry::new(
-            Arc::new(LogBudget::default()),
+            Arc::new(LogBudget::new(metrics.log_bytes.clone())),
             settings.limits.max_streams,
             settings.limits.max_streams_per_identity,
             settings.resume.max_total_bytes,
             settings.resume.retention,
+            metrics.clone(),
         ));
         let progress = settings
             .progress
@@ -72,6 +81,7 @@ impl App {
             readers,
             learner,
             shutdown,
+            metrics,
         }
     }
 }
@@ -82,5 +92,11 @@ impl App {
 pub(crate) fn test_app(extra: &str) -> Arc<App> {
     let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[[stream]]\npath = \"/stream\"\n{extra}");
     let cfg = crate::config::Config::from_toml_str(&text, "<test>").expect("valid test config");
-    Arc::new(App::new(Settings::build(&cfg), None, CancellationToken::new()))
+    let metrics = Arc::new(Metrics::noop());
+    Arc::new(App::new(
+        Settings::build(&cfg),
+        None,
+        CancellationToken::new(),
+        metrics,
+    ))
 }

@@ -19,7 +19,7 @@
 //! for well under a millisecond; a connection with a request in flight is never closed for room.
 
 use crate::http_util::{BoxError, ProxyBody, RequestBody};
-use crate::metrics as m;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -74,8 +74,8 @@ pub struct Shared<H> {
     pub timeouts: Timeouts,
     /// Fires to close the connections gracefully.
     pub shutdown: CancellationToken,
-    /// Whether connections are counted in `sse_proxy_connections_active` (main listener only).
-    pub counted: bool,
+    /// Where open connections are counted (`sse_proxy_connections_active`); the main listener's.
+    pub metrics: Option<Arc<Metrics>>,
     /// Answers the requests.
     pub handler: H,
 }
@@ -371,7 +371,7 @@ pub fn serve<H: Handler>(
 ) -> impl Future<Output = ()> + Send + 'static {
     let timeouts = shared.timeouts;
     let shutdown = shared.shutdown.clone();
-    let counted = shared.counted;
+    let open = shared.metrics.as_ref().map(|m| m.connections_active.clone());
     let place = shared.awaiting.join();
     let evict = place.evict.clone();
     let activity = Activity::new(Some(place));
@@ -397,12 +397,12 @@ pub fn serve<H: Handler>(
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     async move {
-        if counted {
-            metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
+        if let Some(open) = &open {
+            open.increment(1.0);
         }
         watch(conn, &activity, timeouts, &shutdown, &evict).await;
-        if counted {
-            metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
+        if let Some(open) = &open {
+            open.decrement(1.0);
         }
         drop(permit);
     }

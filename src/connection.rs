@@ -6,12 +6,13 @@
 
 use crate::http_util::ProxyBody;
 use crate::log::{Read, Subscription};
-use crate::metrics as m;
+use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode};
 use crate::stream::Follower;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 
@@ -31,13 +32,21 @@ pub struct Cursor {
     pos: u64,
     preamble: Option<Bytes>,
     settings: CursorSettings,
+    metrics: Arc<Metrics>,
     last_write: Instant,
     done: bool,
 }
 
 impl Cursor {
-    /// A cursor that first writes `preamble` (the `retry:` line), then the events after `after`.
-    pub fn new(follower: Follower, after: u64, preamble: Bytes, settings: CursorSettings) -> Self {
+    /// A cursor that first writes `preamble` (the `retry:` line), then the events after `after`;
+    /// it counts heartbeats and evictions into `metrics`.
+    pub fn new(
+        follower: Follower,
+        after: u64,
+        preamble: Bytes,
+        settings: CursorSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let sub = follower.stream().log.subscribe();
         Cursor {
             follower,
@@ -45,6 +54,7 @@ impl Cursor {
             pos: after,
             preamble: Some(preamble),
             settings,
+            metrics,
             last_write: Instant::now(),
             done: false,
         }
@@ -75,7 +85,7 @@ impl Cursor {
                 Read::Gone => {
                     // The log dropped events this connection had not read yet (memory bound).
                     self.done = true;
-                    m::error(ErrorCode::Evicted.as_str());
+                    self.metrics.error(ErrorCode::Evicted);
                     return Some(protocol::error_frame(ErrorCode::Evicted));
                 }
                 Read::Pending => {}
@@ -83,7 +93,7 @@ impl Cursor {
             let beat_at = self.last_write + self.settings.heartbeat;
             if timeout_at(beat_at, self.sub.changed()).await.is_err() {
                 self.last_write = Instant::now();
-                m::counter_inc(m::HEARTBEATS);
+                self.metrics.heartbeats.increment(1);
                 return Some(Bytes::from_static(protocol::HEARTBEAT));
             }
         }
@@ -105,7 +115,6 @@ mod tests {
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog};
     use crate::stream::Stream;
-    use std::sync::Arc;
 
     fn setup(max_log: usize) -> (Arc<Stream>, Cursor) {
         let id = StreamId::random();
@@ -118,7 +127,13 @@ mod tests {
         };
         (
             s.clone(),
-            Cursor::new(f, 0, Bytes::from_static(b"retry: 1000\n\n"), settings),
+            Cursor::new(
+                f,
+                0,
+                Bytes::from_static(b"retry: 1000\n\n"),
+                settings,
+                Arc::new(Metrics::noop()),
+            ),
         )
     }
 

@@ -133,7 +133,7 @@ pub async fn start_backend(stop: CancellationToken) -> std::io::Result<SocketAdd
         },
         slots: Arc::new(Semaphore::new(BACKEND_MAX_CONNECTIONS)),
         drain: Duration::from_secs(1),
-        counted: false,
+        metrics: None,
     };
     let handler = |req: Request<RequestBody>, _peer: SocketAddr| std::future::ready(backend(&req));
     tokio::spawn(listener::serve(listener, opts, stop, handler));

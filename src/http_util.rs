@@ -1,5 +1,6 @@
 //! Body types and small response builders shared by the handlers.
 
+use crate::metrics::{ClientErrorReason, LabelValue, Metrics};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -104,21 +105,23 @@ pub async fn read_body(
 }
 
 impl BodyError {
-    /// The JSON error response, counted in `sse_proxy_client_errors_total`. The message is fixed:
-    /// what hyper said about the bytes goes to the log only.
-    pub fn response(&self) -> Response<ProxyBody> {
-        let (status, code) = match self {
-            BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            BodyError::Broken(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+    /// The JSON error response, counted in `sse_proxy_client_errors_total` of `metrics`. The
+    /// message is fixed: what hyper said about the bytes goes to the log only.
+    pub fn response(&self, metrics: &Metrics) -> Response<ProxyBody> {
+        let (status, reason) = match self {
+            BodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ClientErrorReason::BodyTooLarge),
+            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, ClientErrorReason::BodyTimeout),
+            BodyError::Broken(_) => (StatusCode::BAD_REQUEST, ClientErrorReason::BadBody),
         };
         tracing::debug!(error = %self, "request body refused");
-        crate::metrics::client_error(code);
+        metrics.client_errors.increment(reason);
+
         let message = match self {
             BodyError::Broken(_) => "the request body could not be read (malformed or cut short)".to_string(),
             other => other.to_string(),
         };
-        error(status, code, &message)
+        // The label is the JSON `error` code too.
+        error(status, reason.as_str(), &message)
     }
 }
 

@@ -3,7 +3,7 @@
 //! bounded drain once the listener is told to stop.
 
 use crate::client_conn::{self, AwaitingHead, Handler, Timeouts};
-use crate::metrics as m;
+use crate::metrics::{Metrics, RejectReason};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
@@ -32,9 +32,9 @@ pub struct Options {
     pub slots: Arc<Semaphore>,
     /// How long open connections may take to finish once the listener stops.
     pub drain: Duration,
-    /// Count connections in `sse_proxy_connections_active` and a full listener in
-    /// `sse_proxy_rejected_total{reason="max_connections"}` (the main listener).
-    pub counted: bool,
+    /// Where connections are counted, in `sse_proxy_connections_active`, and a full listener, in
+    /// `sse_proxy_rejected_total{reason="max_connections"}`: the main listener's.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A server connection builder: HTTP/1.1 and h2c, request heads limited to
@@ -60,7 +60,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, opts: Options, stop: Cance
         awaiting: AwaitingHead::new(),
         timeouts: opts.timeouts,
         shutdown: stop.clone(),
-        counted: opts.counted,
+        metrics: opts.metrics.clone(),
         handler,
     };
     let connections = TaskTracker::new();
@@ -116,8 +116,8 @@ async fn slot(
     if let Ok(p) = opts.slots.clone().try_acquire_owned() {
         return Some(p);
     }
-    if opts.counted {
-        metrics::counter!(m::REJECTED, "reason" => "max_connections").increment(1);
+    if let Some(m) = &opts.metrics {
+        m.rejected.increment(RejectReason::MaxConnections);
     }
     if !awaiting.evict_oldest() {
         tracing::debug!(

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use sse_proxy::config::{Config, ConfigError, UpstreamUrl};
+use sse_proxy::metrics::Prometheus;
 use sse_proxy::settings::Settings;
 use sse_proxy::telemetry::{self, LogFormat};
 use sse_proxy::{demo, server};
@@ -134,9 +135,26 @@ fn run(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCo
     rt.block_on(serve(settings, banner))
 }
 
+/// The process's metrics recorder, installed globally (so whatever a dependency records through
+/// the `metrics` macros lands in `/metrics` too), with the proxy's metrics registered in it.
+fn install_metrics() -> Result<Prometheus, String> {
+    let recorder = sse_proxy::metrics::recorder().map_err(|e| e.to_string())?;
+    let registered = Prometheus::register(&recorder);
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    Ok(registered)
+}
+
 async fn serve(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+    let metrics = match install_metrics() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = CancellationToken::new();
-    let bound = match server::bind(settings, shutdown.clone()).await {
+    let bound = match server::bind(settings, shutdown.clone(), metrics).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,7 +7,7 @@ use crate::client_conn::Timeouts;
 use crate::handlers;
 use crate::http_util::RequestBody;
 use crate::listener;
-use crate::metrics as m;
+use crate::metrics::Prometheus;
 use crate::progress::{self, Learner};
 use crate::settings::Settings;
 use http::Request;
@@ -32,9 +32,6 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The metrics recorder could not be installed.
-    #[error("cannot install the metrics recorder: {0}")]
-    Metrics(String),
 }
 
 /// A proxy whose listeners are bound, ready to serve.
@@ -45,9 +42,13 @@ pub struct Bound {
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-/// Binds both listeners and builds the shared state. `shutdown` fires to stop serving.
-pub async fn bind(settings: Settings, shutdown: CancellationToken) -> Result<Bound, ServerError> {
-    let metrics = m::install().map_err(ServerError::Metrics)?;
+/// Binds both listeners and builds the shared state, which records into `metrics` (and the admin
+/// `/metrics` renders it). `shutdown` fires to stop serving.
+pub async fn bind(
+    settings: Settings,
+    shutdown: CancellationToken,
+    metrics: Prometheus,
+) -> Result<Bound, ServerError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -56,12 +57,12 @@ pub async fn bind(settings: Settings, shutdown: CancellationToken) -> Result<Bou
     let main = bind(settings.server.listen).await?;
     let admin = bind(settings.server.admin_listen).await?;
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
-    let app = Arc::new(App::new(settings, learner, shutdown));
+    let app = Arc::new(App::new(settings, learner, shutdown, metrics.metrics));
     Ok(Bound {
         main,
         admin,
         app,
-        metrics,
+        metrics: metrics.handle,
     })
 }
 
@@ -121,7 +122,7 @@ impl Bound {
             timeouts: timeouts(&settings),
             slots: app.connections.clone(),
             drain: grace,
-            counted: true,
+            metrics: Some(app.metrics.clone()),
         };
         let state = app.clone();
         let dispatch =
@@ -156,7 +157,7 @@ async fn serve_admin(
         timeouts: timeouts(&app.settings),
         slots: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
         drain: ADMIN_DRAIN,
-        counted: false,
+        metrics: None,
     };
     let handler = move |req: Request<RequestBody>, _peer: SocketAddr| {
         std::future::ready(admin::handle(&app, &metrics, &req))

@@ -44,7 +44,6 @@ fn finished_total(text: &str, outcome: &str) -> f64 {
 
 #[tokio::test]
 async fn owner_cancel_stops_the_upstream_and_ends_every_follower() {
-    let _g = metrics_exclusive().await;
     let (up, tokens) = mock_long(400, ms(10)).await;
     let p = proxy(up.addr, with_identity).await;
     let before = metrics_text(p.admin).await;
@@ -111,7 +110,6 @@ async fn owner_cancel_stops_the_upstream_and_ends_every_follower() {
 
 #[tokio::test]
 async fn foreign_cancel_is_the_same_404_as_unknown_and_changes_nothing() {
-    let _g = metrics_shared().await;
     let (up, tokens) = mock_long(80, ms(5)).await;
     let p = proxy(up.addr, with_identity).await;
     let resp = get(&format!("http://{}/stream", p.addr), &[("authorization", ALICE)]).await;
@@ -149,7 +147,6 @@ async fn foreign_cancel_is_the_same_404_as_unknown_and_changes_nothing() {
 
 #[tokio::test]
 async fn cancel_of_a_finished_stream_is_409_and_changes_nothing() {
-    let _g = metrics_shared().await;
     let (up, tokens) = mock_long(20, ms(1)).await;
     let p = proxy(up.addr, |_| {}).await;
     let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
@@ -182,7 +179,6 @@ async fn cancel_of_a_finished_stream_is_409_and_changes_nothing() {
 
 #[tokio::test]
 async fn on_disconnect_cancel_closes_the_upstream_when_the_last_client_leaves() {
-    let _g = metrics_shared().await;
     let (up, _) = mock_long(400, ms(10)).await;
     let p = proxy(up.addr, |c| c.resume.on_disconnect = OnDisconnect::Cancel).await;
     let resp = get(&format!("http://{}/stream", p.addr), &[]).await;

@@ -212,7 +212,6 @@ fn learned(p: &TestProxy) -> usize {
 
 #[tokio::test]
 async fn close_in_the_middle_of_an_event_is_a_reset_and_is_not_learned() {
-    let _g = metrics_exclusive().await;
     let mut body = tokens_bytes(&["a ", "b ", "c ", "d ", "e "]);
     body.extend_from_slice(b"data: {\"content\": \"tru");
     let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Close, &[]), bytes(&body), Raw::Close]).await;
@@ -223,7 +222,6 @@ async fn close_in_the_middle_of_an_event_is_a_reset_and_is_not_learned() {
 
 #[tokio::test]
 async fn close_at_an_event_boundary_is_a_complete_answer() {
-    let _g = metrics_exclusive().await;
     let body = tokens_bytes(&["a ", "b ", "c "]);
     let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Close, &[]), bytes(&body), Raw::Close]).await;
     let events = check(&p, End::Done).await;
@@ -233,7 +231,6 @@ async fn close_at_an_event_boundary_is_a_complete_answer() {
 
 #[tokio::test]
 async fn a_field_line_without_its_blank_line_is_a_reset() {
-    let _g = metrics_exclusive().await;
     let mut body = tokens_bytes(&["a "]);
     body.extend_from_slice(b"event: thinking\r\ndata: {}\r\n");
     let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Close, &[]), bytes(&body), Raw::Close]).await;
@@ -243,7 +240,6 @@ async fn a_field_line_without_its_blank_line_is_a_reset() {
 
 #[tokio::test]
 async fn chunked_body_without_its_last_chunk_is_a_reset() {
-    let _g = metrics_exclusive().await;
     let body = tokens_bytes(&["a ", "b "]);
     let (_up, p) = raw_proxy(move |_| vec![sse_head(Framing::Chunked, &[]), chunk(&body), Raw::Close]).await;
     let events = check(&p, End::Error("upstream_reset", true)).await;
@@ -253,7 +249,6 @@ async fn chunked_body_without_its_last_chunk_is_a_reset() {
 
 #[tokio::test]
 async fn chunked_body_with_its_last_chunk_completes() {
-    let _g = metrics_exclusive().await;
     let body = tokens_bytes(&["a ", "b "]);
     let (_up, p) = raw_proxy(move |_| {
         vec![
@@ -270,7 +265,6 @@ async fn chunked_body_with_its_last_chunk_completes() {
 
 #[tokio::test]
 async fn content_length_body_closed_early_is_a_reset() {
-    let _g = metrics_exclusive().await;
     let body = tokens_bytes(&["a ", "b "]);
     let n = body.len() + 100;
     let (_up, p) =
@@ -340,7 +334,6 @@ async fn mock_proxy(reply: Reply, edit: impl FnOnce(&mut Config)) -> (MockUpstre
 
 #[tokio::test]
 async fn gzip_deflate_and_br_answers_are_decoded_byte_exact() {
-    let _g = metrics_exclusive().await;
     for encoding in ["gzip", "deflate", "br"] {
         let (up, p) = mock_proxy(encoded(encoding, compressed_pieces(encoding, 40).await), |_| {}).await;
         let events = check(&p, End::Terminal).await;
@@ -352,7 +345,6 @@ async fn gzip_deflate_and_br_answers_are_decoded_byte_exact() {
 
 #[tokio::test]
 async fn a_compressed_answer_is_decoded_as_it_arrives() {
-    let _g = metrics_exclusive().await;
     let mut pieces = compressed_pieces("gzip", 3).await;
     pieces.truncate(2); // thinking and the first token; the rest never comes
     let mut reply = encoded("gzip", pieces);
@@ -365,7 +357,6 @@ async fn a_compressed_answer_is_decoded_as_it_arrives() {
 
 #[tokio::test]
 async fn an_unknown_content_encoding_is_malformed_not_parsed() {
-    let _g = metrics_exclusive().await;
     let mut reply = Reply::sse(answer(&["a".into(), "b".into()], Duration::ZERO));
     reply.headers.push(("content-encoding".into(), "zstd".into()));
     let (_up, p) = mock_proxy(reply, |_| {}).await;
@@ -375,7 +366,6 @@ async fn an_unknown_content_encoding_is_malformed_not_parsed() {
 
 #[tokio::test]
 async fn a_corrupt_compressed_answer_is_malformed() {
-    let _g = metrics_exclusive().await;
     let mut pieces = compressed_pieces("gzip", 5).await;
     let mut last = pieces.pop().expect("pieces").to_vec();
     for b in last.iter_mut() {
@@ -388,7 +378,6 @@ async fn a_corrupt_compressed_answer_is_malformed() {
 
 #[tokio::test]
 async fn a_compressed_answer_cut_short_is_a_reset() {
-    let _g = metrics_exclusive().await;
     let pieces = compressed_pieces("br", 5).await;
     let (_up, p) = raw_proxy(move |_| {
         let mut steps = vec![sse_head(Framing::Close, &[("Content-Encoding", "br")])];
@@ -475,7 +464,6 @@ fn chunked(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn resets_at_random_offsets_are_resets() {
-    let _g = metrics_exclusive().await;
     let body = answer_bytes(N);
     let mut rng = Rng(SEED);
     for framing in [Framing::Close, Framing::Chunked] {
@@ -509,7 +497,6 @@ async fn resets_at_random_offsets_are_resets() {
 
 #[tokio::test]
 async fn closes_at_random_offsets_are_resets_unless_between_events() {
-    let _g = metrics_exclusive().await;
     let body = answer_bytes(N);
     let mut rng = Rng(SEED ^ 0xC105E);
     let mut cuts: Vec<usize> = (0..6).map(|_| rng.below(1, done_start(&body))).collect();
@@ -542,7 +529,6 @@ async fn closes_at_random_offsets_are_resets_unless_between_events() {
 
 #[tokio::test]
 async fn stalls_end_with_upstream_timeout() {
-    let _g = metrics_exclusive().await;
     let body = answer_bytes(N);
     let mid_event = body.len() / 2;
     let scripts: Vec<Vec<u8>> = vec![
@@ -572,7 +558,6 @@ const ERROR_PAGE: &[u8] =
 
 #[tokio::test]
 async fn an_error_page_inside_a_running_stream_is_a_reset() {
-    let _g = metrics_exclusive().await;
     let events = tokens_bytes(&["a ", "b "]);
     // Close-delimited: the page is read as body bytes and leaves the last line unfinished.
     let ev = events.clone();
@@ -603,7 +588,6 @@ async fn an_error_page_inside_a_running_stream_is_a_reset() {
 
 #[tokio::test]
 async fn a_500_with_an_event_stream_body_is_passed_through_and_starts_no_stream() {
-    let _g = metrics_exclusive().await;
     let body = tokens_bytes(&["a "]);
     let n = body.len();
     let (_up, p) = raw_proxy(move |_| {
@@ -644,7 +628,6 @@ fn junk(rng: &mut Rng, n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn junk_lines_between_events_are_ignored() {
-    let _g = metrics_exclusive().await;
     let mut rng = Rng(SEED ^ 0x9A4B);
     let mut body = Vec::new();
     for (i, event) in answer_bytes(N).split_inclusive(|b| *b == b'\n').enumerate() {
@@ -666,7 +649,6 @@ async fn junk_lines_between_events_are_ignored() {
 
 #[tokio::test]
 async fn binary_junk_without_line_ends_is_malformed() {
-    let _g = metrics_exclusive().await;
     let mut rng = Rng(SEED ^ 0xB1);
     let mut body = tokens_bytes(&["a "]);
     body.extend(junk(&mut rng, 4 * MAX_EVENT));
@@ -677,7 +659,6 @@ async fn binary_junk_without_line_ends_is_malformed() {
 
 #[tokio::test]
 async fn a_huge_data_line_is_malformed() {
-    let _g = metrics_exclusive().await;
     let mut huge = b"data: ".to_vec();
     huge.extend(std::iter::repeat_n(b'x', 3 * MAX_EVENT));
     huge.extend_from_slice(b"\r\n\r\n");
@@ -693,7 +674,6 @@ async fn a_huge_data_line_is_malformed() {
 
 #[tokio::test]
 async fn an_endless_comment_costs_nothing_and_the_answer_completes() {
-    let _g = metrics_exclusive().await;
     let body = answer_bytes(N);
     let split = body.len() / 3;
     let split = split
@@ -717,7 +697,6 @@ async fn an_endless_comment_costs_nothing_and_the_answer_completes() {
 
 #[tokio::test]
 async fn one_byte_at_a_time_arrives_byte_exact() {
-    let _g = metrics_exclusive().await;
     let body = answer_bytes(N);
     let every = ms(1);
     // Close-delimited, one byte per write.

@@ -283,3 +283,136 @@ async fn metrics_are_well_formed_and_complete() {
         _ => eprintln!("promtool not on PATH: only the built-in validator ran"),
     }
 }
+
+/// A backend that accepts connections and never answers.
+async fn mute_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_and_one_that_goes_silent_count_apart() {
+    const BEFORE_STREAM: &str = "sse_proxy_errors_total{code=\"upstream_response_timeout\"}";
+    const MID_STREAM: &str = "sse_proxy_errors_total{code=\"upstream_timeout\"}";
+
+    let p = proxy(mute_backend().await, |c| c.upstream.response_timeout.0 = ms(300)).await;
+    let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
+    assert_eq!(resp.status(), 504);
+    // The JSON code is the one PROTOCOL.md gives the 504; only the metric label differs.
+    assert_eq!(json_of(&body_bytes(resp).await)["error"], "upstream_timeout");
+    let text = metrics_text(p.admin).await;
+    assert_eq!(
+        (metric(&text, BEFORE_STREAM), metric(&text, MID_STREAM)),
+        (1.0, 0.0),
+        "{text}"
+    );
+
+    let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("a"), Step::Hang])).await;
+    let p = proxy(up.addr, |c| c.upstream.idle_timeout.0 = ms(300)).await;
+    let events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await)
+        .all()
+        .await;
+    assert_eq!(events.last().expect("events").json()["code"], "upstream_timeout");
+    let text = metrics_text(p.admin).await;
+    assert_eq!(
+        (metric(&text, BEFORE_STREAM), metric(&text, MID_STREAM)),
+        (0.0, 1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn labelled_counters_are_exported_at_zero_from_the_start() {
+    let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "ok")).await;
+    let p = proxy(up.addr, |_| {}).await;
+    let text = metrics_text(p.admin).await;
+    let families: [(&str, &str, &[&str]); 8] = [
+        (
+            "sse_proxy_errors_total",
+            "code",
+            &[
+                "upstream_reset",
+                "upstream_timeout",
+                "upstream_malformed",
+                "upstream_unreachable",
+                "upstream_response_timeout",
+                "shutdown",
+                "abandoned",
+                "evicted",
+                "internal",
+            ],
+        ),
+        (
+            "sse_proxy_rejected_total",
+            "reason",
+            &[
+                "max_streams",
+                "max_streams_per_identity",
+                "max_followers",
+                "max_connections",
+                "client_metrics_invalid",
+                "client_metrics_rate",
+            ],
+        ),
+        (
+            "sse_proxy_client_errors_total",
+            "reason",
+            &["bad_body", "body_timeout", "body_too_large"],
+        ),
+        (
+            "sse_proxy_streams_finished_total",
+            "outcome",
+            &["completed", "cancelled", "abandoned", "error", "shutdown"],
+        ),
+        (
+            "sse_proxy_resumes_total",
+            "result",
+            &["replayed", "finished", "gone", "bad_request"],
+        ),
+        ("sse_proxy_log_evictions_total", "kind", &["finished", "running"]),
+        (
+            "sse_proxy_passthrough_requests_total",
+            "status",
+            &["2xx", "3xx", "4xx", "5xx"],
+        ),
+        (
+            "sse_proxy_client_reports_total",
+            "outcome",
+            &["done", "cancelled", "error", "failed"],
+        ),
+    ];
+    for (name, label, values) in families {
+        for v in values {
+            let line = format!("{name}{{{label}=\"{v}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "no `{line}`:\n{text}");
+        }
+    }
+    validate(&text);
+}
+
+#[tokio::test]
+async fn each_proxy_in_a_process_counts_its_own() {
+    let up = MockUpstream::start(|_, _| Reply::sse(answer(&["a".into(), "b".into()], Duration::ZERO))).await;
+    let busy = proxy(up.addr, |_| {}).await;
+    let idle = proxy(up.addr, |_| {}).await;
+    let events = Events::new(get(&format!("http://{}/stream", busy.addr), &[]).await)
+        .all()
+        .await;
+    assert_eq!(text_of(&events), "ab");
+    let busy = metrics_text(busy.admin).await;
+    let idle = metrics_text(idle.admin).await;
+    for (sample, counted) in [
+        ("sse_proxy_streams_started_total", 1.0),
+        ("sse_proxy_tokens_total", 2.0),
+    ] {
+        assert_eq!(metric(&busy, sample), counted, "{sample}:\n{busy}");
+        assert_eq!(metric(&idle, sample), 0.0, "{sample}:\n{idle}");
+    }
+}

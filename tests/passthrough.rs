@@ -689,8 +689,7 @@ async fn connect_is_refused_with_405() {
 
 #[tokio::test]
 async fn a_broken_chunked_body_is_the_clients_error() {
-    // Compares the global upstream_unreachable count before and after.
-    let _metrics = metrics_exclusive().await;
+    // Compares the proxy's upstream_unreachable count before and after.
     let up = echo_mock().await;
     let p = proxy(up.addr, |_| {}).await;
     let before = metrics_text(p.admin).await;
@@ -734,7 +733,6 @@ async fn a_broken_chunked_body_is_the_clients_error() {
 
 #[tokio::test]
 async fn an_unreachable_backend_is_502_without_internal_detail() {
-    let _metrics = metrics_shared().await;
     let unused = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = unused.local_addr().expect("addr");
     drop(unused);

@@ -60,7 +60,6 @@ fn resumes(text: &str, result: &str) -> f64 {
 
 #[tokio::test]
 async fn resume_mid_stream_gives_the_rest_exactly_once() {
-    let _g = metrics_shared().await;
     let tokens = tricky_tokens(150);
     let up = mock_answer(&tokens, ms(5)).await;
     let p = proxy(up.addr, |_| {}).await;
@@ -93,7 +92,6 @@ async fn resume_mid_stream_gives_the_rest_exactly_once() {
 
 #[tokio::test]
 async fn finished_while_detached_then_rest_and_done_then_204() {
-    let _g = metrics_shared().await;
     let tokens = words("w", 60);
     let up = mock_answer(&tokens, ms(3)).await;
     let p = proxy(up.addr, |_| {}).await;
@@ -127,7 +125,6 @@ async fn finished_while_detached_then_rest_and_done_then_204() {
 
 #[tokio::test]
 async fn unusable_ids_all_get_the_same_410() {
-    let _g = metrics_shared().await;
     let up = MockUpstream::start(|parts, _| match parts.uri.path() {
         "/s/short" => Reply::sse(vec![tok("x"), ev(Some("done"), "{}")]),
         _ => Reply::sse(vec![tok("a"), tok("b"), Step::Hang]),
@@ -192,7 +189,6 @@ async fn unusable_ids_all_get_the_same_410() {
 
 #[tokio::test]
 async fn malformed_ids_get_400_json() {
-    let _g = metrics_shared().await;
     let up = mock_hanging().await;
     let p = proxy(up.addr, |_| {}).await;
     let sid = forged_stream_id();
@@ -240,7 +236,6 @@ async fn malformed_ids_get_400_json() {
 
 #[tokio::test]
 async fn on_miss_restart_forwards_a_fresh_stream_without_the_id() {
-    let _g = metrics_shared().await;
     let tokens = words("r", 20);
     let up = mock_answer(&tokens, ms(1)).await;
     let p = proxy(up.addr, |c| c.resume.on_miss = OnMiss::Restart).await;
@@ -292,7 +287,6 @@ async fn on_miss_restart_forwards_a_fresh_stream_without_the_id() {
 
 #[tokio::test]
 async fn two_followers_see_identical_events_and_ids() {
-    let _g = metrics_shared().await;
     let tokens = tricky_tokens(100);
     let up = mock_answer(&tokens, ms(3)).await;
     let p = proxy(up.addr, |_| {}).await;
@@ -313,7 +307,6 @@ async fn two_followers_see_identical_events_and_ids() {
 
 #[tokio::test]
 async fn detach_grace_abandons_the_upstream() {
-    let _g = metrics_exclusive().await;
     let tokens = words("d", 200);
     let up = mock_answer(&tokens, ms(20)).await;
     let p = proxy(up.addr, |c| c.resume.detach_grace.0 = ms(300)).await;
@@ -355,7 +348,6 @@ async fn detach_grace_abandons_the_upstream() {
 
 #[tokio::test]
 async fn total_budget_bounds_memory_and_evicts_finished_streams() {
-    let _g = metrics_exclusive().await;
     const MAX_TOTAL: usize = 8 << 10;
     // More running streams than the budget holds even one event of each: the bound still holds.
     const STREAMS: usize = 80;
@@ -426,7 +418,6 @@ async fn total_budget_bounds_memory_and_evicts_finished_streams() {
 
 #[tokio::test]
 async fn resume_before_the_oldest_retained_event_is_gone() {
-    let _g = metrics_shared().await;
     let tokens = words("long-token-text-", 120);
     let up = mock_answer(&tokens, Duration::ZERO).await;
     let p = proxy(up.addr, |c| {
@@ -464,7 +455,6 @@ async fn resume_before_the_oldest_retained_event_is_gone() {
 
 #[tokio::test]
 async fn max_streams_gives_429_and_resumes_do_not_count() {
-    let _g = metrics_shared().await;
     let up = mock_hanging().await;
     let p = proxy(up.addr, |c| {
         c.limits.max_streams = 2;
@@ -495,7 +485,6 @@ async fn max_streams_gives_429_and_resumes_do_not_count() {
 
 #[tokio::test]
 async fn max_streams_per_identity_gives_429_per_user() {
-    let _g = metrics_shared().await;
     let up = mock_hanging().await;
     let p = proxy(up.addr, |c| {
         with_identity(c);
@@ -525,7 +514,6 @@ async fn max_streams_per_identity_gives_429_per_user() {
 
 #[tokio::test]
 async fn max_followers_gives_429_to_the_extra_follower() {
-    let _g = metrics_shared().await;
     let up = mock_hanging().await;
     let p = proxy(up.addr, |c| c.limits.max_followers = 2).await;
     let a = get(&format!("http://{}/stream", p.addr), &[]).await;
@@ -552,7 +540,6 @@ async fn max_followers_gives_429_to_the_extra_follower() {
 
 #[tokio::test]
 async fn admin_lists_streams_without_content_or_identity() {
-    let _g = metrics_shared().await;
     let up = MockUpstream::start(|_, _| {
         Reply::sse(vec![tok("SECRETWORD-one "), tok("SECRETWORD-two"), Step::Hang])
     })
@@ -613,7 +600,6 @@ async fn admin_lists_streams_without_content_or_identity() {
 
 #[tokio::test]
 async fn resume_metrics_count_each_result() {
-    let _g = metrics_exclusive().await;
     let tokens = words("m", 30);
     let up = mock_answer(&tokens, ms(2)).await;
     let p = proxy(up.addr, |_| {}).await;

@@ -2,7 +2,7 @@
 
 use crate::app::App;
 use crate::http_util::{self, ProxyBody, RequestBody};
-use crate::metrics as m;
+use crate::metrics::{RejectReason, ReportOutcome};
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -28,26 +28,6 @@ struct Report {
     outcome: ReportOutcome,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ReportOutcome {
-    Done,
-    Cancelled,
-    Error,
-    Failed,
-}
-
-impl ReportOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            ReportOutcome::Done => "done",
-            ReportOutcome::Cancelled => "cancelled",
-            ReportOutcome::Error => "error",
-            ReportOutcome::Failed => "failed",
-        }
-    }
-}
-
 impl Report {
     fn validate(&self) -> Result<(), &'static str> {
         let ms_ok = |v: Option<f64>| v.is_none_or(|x| x.is_finite() && (0.0..=MAX_MS).contains(&x));
@@ -66,8 +46,9 @@ impl Report {
 
 /// Validates and records one report: 204, 400 (malformed), 413 (too large), 429 (rate limited).
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody> {
+    let m = &app.metrics;
     let bad = |msg: &str| {
-        metrics::counter!(m::REJECTED, "reason" => "client_metrics_invalid").increment(1);
+        m.rejected.increment(RejectReason::ClientMetricsInvalid);
         http_util::error(StatusCode::BAD_REQUEST, "invalid_report", msg)
     };
     let is_json = http_util::has_content_type(req.headers(), "application/json");
@@ -78,7 +59,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody>
     let body = match http_util::read_body(req.into_body(), MAX_REPORT_BYTES, within).await {
         Ok(b) => b,
         Err(http_util::BodyError::TooLarge(_)) => return bad("report larger than 1024 bytes"),
-        Err(e) => return e.response(),
+        Err(e) => return e.response(m),
     };
     let report: Report = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -88,19 +69,20 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody>
         return bad(msg);
     }
     if !app.client_reports.allow() {
-        metrics::counter!(m::REJECTED, "reason" => "client_metrics_rate").increment(1);
+        m.rejected.increment(RejectReason::ClientMetricsRate);
         return http_util::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many reports");
     }
     if let Some(ms) = report.ttft_ms {
-        metrics::histogram!(m::CLIENT_TTFT).record(ms / 1000.0);
+        m.client_ttft.record(ms / 1000.0);
     }
     if let Some(ms) = report.total_ms {
-        metrics::histogram!(m::CLIENT_TOTAL).record(ms / 1000.0);
+        m.client_total.record(ms / 1000.0);
     }
-    metrics::counter!(m::CLIENT_RECONNECTS).increment(u64::from(report.reconnects.unwrap_or(0)));
-    metrics::counter!(m::CLIENT_RECONNECT_SUCCESSES)
+    m.client_reconnects
+        .increment(u64::from(report.reconnects.unwrap_or(0)));
+    m.client_reconnect_successes
         .increment(u64::from(report.reconnect_successes.unwrap_or(0)));
-    metrics::counter!(m::CLIENT_REPORTS, "outcome" => report.outcome.as_str()).increment(1);
+    m.client_reports.increment(report.outcome);
     http_util::status(StatusCode::NO_CONTENT)
 }
 

@@ -4,6 +4,7 @@
 use super::respond::upstream_error;
 use crate::app::App;
 use crate::http_util::{self, BodyError, ClientBody, ProxyBody, RequestBody};
+use crate::metrics::{RejectReason, StatusClass};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -22,7 +23,7 @@ pub async fn handle(app: &App, mut req: Request<RequestBody>, peer: SocketAddr) 
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "request target refused");
-            return upstream_error(&e);
+            return upstream_error(&app.metrics, &e);
         }
     };
     let host = client_host(&parts);
@@ -46,21 +47,15 @@ pub async fn handle(app: &App, mut req: Request<RequestBody>, peer: SocketAddr) 
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let class = match parts.status.as_u16() / 100 {
-                2 => "2xx",
-                3 => "3xx",
-                4 => "4xx",
-                _ => "5xx",
-            };
-            metrics::counter!(crate::metrics::PASSTHROUGH, "status" => class).increment(1);
+            app.metrics.passthrough.increment(StatusClass::of(parts.status));
             Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
         }
         Err(e) => match client_failed.get() {
             // The backend request failed because the client's body did: not the backend's fault.
-            Some(detail) => BodyError::Broken(detail.to_string()).response(),
+            Some(detail) => BodyError::Broken(detail.to_string()).response(&app.metrics),
             None => {
                 tracing::warn!(error = %e, "passthrough failed");
-                upstream_error(&e)
+                upstream_error(&app.metrics, &e)
             }
         },
     }
@@ -80,7 +75,7 @@ fn set_upgrade(headers: &mut HeaderMap, proto: HeaderValue) {
 /// Answers `101` to the client and copies bytes both ways between the two upgraded connections.
 fn tunnel(app: &App, client: OnUpgrade, mut resp: Response<Incoming>) -> Response<ProxyBody> {
     let Ok(permit) = app.tunnels.clone().try_acquire_owned() else {
-        metrics::counter!(crate::metrics::REJECTED, "reason" => "max_connections").increment(1);
+        app.metrics.rejected.increment(RejectReason::MaxConnections);
         return http_util::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_tunnels",

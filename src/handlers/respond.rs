@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::connection::Cursor;
 use crate::http_util::{self, ProxyBody};
-use crate::metrics as m;
+use crate::metrics::{ErrorLabel, Metrics, RejectReason};
 use crate::protocol;
 use crate::stream::{Follower, Rejected};
 use crate::upstream::UpstreamError;
@@ -22,7 +22,7 @@ pub fn event_stream_response(
     let id = follower.stream().id.to_string();
     let settings = &app.settings;
     let preamble = protocol::retry_preamble(settings.resume.client_retry.as_millis() as u64);
-    let cursor = Cursor::new(follower, after, preamble, settings.cursor);
+    let cursor = Cursor::new(follower, after, preamble, settings.cursor, app.metrics.clone());
     let body = cursor.into_body();
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);
@@ -41,7 +41,7 @@ pub fn event_stream_response(
 
 /// A 429 with `Retry-After`, counted under the limit that was reached.
 pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
-    metrics::counter!(m::REJECTED, "reason" => why.as_str()).increment(1);
+    app.metrics.rejected.increment(RejectReason::from(why));
     let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
     resp.headers_mut().insert(
         header::RETRY_AFTER,
@@ -50,12 +50,12 @@ pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
     resp
 }
 
-/// The response for a failed backend request. The message is fixed: the error chain (addresses,
-/// OS errors) is for the log, which the caller writes.
-pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
+/// The response for a failed backend request, counted in `metrics`. The message is fixed: the
+/// error chain (addresses, OS errors) is for the log, which the caller writes.
+pub fn upstream_error(metrics: &Metrics, e: &UpstreamError) -> Response<ProxyBody> {
     match e {
         UpstreamError::Unreachable(_) => {
-            crate::metrics::error("upstream_unreachable");
+            metrics.error(ErrorLabel::UpstreamUnreachable);
             http_util::error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unreachable",
@@ -63,7 +63,9 @@ pub fn upstream_error(e: &UpstreamError) -> Response<ProxyBody> {
             )
         }
         UpstreamError::Timeout(_) => {
-            crate::metrics::error("upstream_timeout");
+            // `upstream_timeout` on the wire (PROTOCOL.md), but counted apart from the streams
+            // that go silent mid-answer, which end with an `error` event of the same code.
+            metrics.error(ErrorLabel::UpstreamResponseTimeout);
             http_util::error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",

@@ -5,7 +5,7 @@ use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
 use crate::log::StreamLog;
-use crate::metrics as m;
+use crate::metrics::{Metrics, ResumeResult};
 use crate::protocol::{EventId, EventIdError};
 use crate::query;
 use crate::stream::Rejected;
@@ -47,13 +47,13 @@ pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         return Resume::Gone;
     }
     if log.is_closed() && id.seq == last {
-        metrics::counter!(m::RESUMES, "result" => "finished").increment(1);
+        app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
     let Some(follower) = stream.attach(app.settings.limits.max_followers) else {
         return Resume::Respond(too_many(app, Rejected::MaxFollowers));
     };
-    metrics::counter!(m::RESUMES, "result" => "replayed").increment(1);
+    app.metrics.resumes.increment(ResumeResult::Replayed);
     let span =
         tracing::info_span!("stream", stream_id = %stream.id, route = %stream.route, model = %stream.model);
     span.in_scope(|| tracing::info!(after = id.seq, "stream resumed"));
@@ -61,8 +61,8 @@ pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
 }
 
 /// The one `410` every unusable id gets, so ids reveal nothing.
-pub fn gone() -> Response<ProxyBody> {
-    metrics::counter!(m::RESUMES, "result" => "gone").increment(1);
+pub fn gone(metrics: &Metrics) -> Response<ProxyBody> {
+    metrics.resumes.increment(ResumeResult::Gone);
     http_util::error(
         StatusCode::GONE,
         "resume_unavailable",

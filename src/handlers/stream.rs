@@ -8,7 +8,7 @@ use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::MemoryLog;
-use crate::metrics as m;
+use crate::metrics::ResumeResult;
 use crate::query;
 use crate::reframe::body::UpstreamBody;
 use crate::reframe::Reader;
@@ -40,7 +40,7 @@ pub async fn handle(
     let resume_from = match resume::requested(&req) {
         Ok(r) => r,
         Err(e) => {
-            metrics::counter!(m::RESUMES, "result" => "bad_request").increment(1);
+            app.metrics.resumes.increment(ResumeResult::BadRequest);
             return http_util::error(StatusCode::BAD_REQUEST, "bad_last_event_id", &e.to_string());
         }
     };
@@ -50,7 +50,7 @@ pub async fn handle(
             Resume::Gone if app.settings.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
             }
-            Resume::Gone => return resume::gone(),
+            Resume::Gone => return resume::gone(&app.metrics),
         }
     }
     start(app, route, req, peer, owner, arrived).await
@@ -70,7 +70,7 @@ async fn start(
     let limit = settings.upstream.max_request_body;
     let body = match http_util::read_body(body, limit, settings.server.body_read_timeout).await {
         Ok(b) => b,
-        Err(e) => return e.response(),
+        Err(e) => return e.response(&app.metrics),
     };
     // Only after the body: a client that never sends it must not hold a stream slot meanwhile.
     let slot = match app.registry.reserve(owner) {
@@ -81,7 +81,7 @@ async fn start(
     let pq = query::without_param(&parts.uri, query::LAST_EVENT_ID_PARAM);
     let uri = match app.upstream.uri_for(&pq) {
         Ok(u) => u,
-        Err(e) => return upstream_error(&e),
+        Err(e) => return upstream_error(&app.metrics, &e),
     };
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
@@ -97,7 +97,7 @@ async fn start(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "stream request failed");
-            return upstream_error(&e);
+            return upstream_error(&app.metrics, &e);
         }
     };
     if !is_event_stream(&resp) {

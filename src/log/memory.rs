@@ -12,13 +12,29 @@ use tokio::sync::watch;
 /// Bookkeeping overhead counted per held event, on top of its bytes.
 const ENTRY_OVERHEAD: usize = 32;
 
-/// Bytes held by all logs together, shared by every `MemoryLog`.
-#[derive(Debug, Default)]
+/// Bytes held by all logs together, shared by every `MemoryLog`, mirrored in the
+/// `sse_proxy_log_bytes` gauge.
+#[derive(Debug)]
 pub struct LogBudget {
     held: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget::new(metrics::Gauge::noop())
+    }
 }
 
 impl LogBudget {
+    /// An empty budget that mirrors what it holds in `gauge` (the default records nowhere).
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        LogBudget {
+            held: AtomicUsize::new(0),
+            gauge,
+        }
+    }
+
     /// Bytes held by all logs.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
@@ -26,12 +42,12 @@ impl LogBudget {
 
     fn add(&self, n: usize) {
         self.held.fetch_add(n, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::LOG_BYTES).increment(n as f64);
+        self.gauge.increment(n as f64);
     }
 
     fn sub(&self, n: usize) {
         self.held.fetch_sub(n, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::LOG_BYTES).decrement(n as f64);
+        self.gauge.decrement(n as f64);
     }
 }
 

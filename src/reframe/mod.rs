@@ -8,7 +8,7 @@ pub mod batcher;
 pub mod body;
 pub mod token;
 
-use crate::metrics as m;
+use crate::metrics::Metrics;
 use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
@@ -93,25 +93,6 @@ fn outcome(code: ErrorCode) -> Outcome {
     }
 }
 
-/// Metric handles used per event, resolved once per stream instead of once per token.
-struct HotMetrics {
-    upstream_events: metrics::Counter,
-    downstream_events: metrics::Counter,
-    tokens: metrics::Counter,
-    batch_tokens: metrics::Histogram,
-}
-
-impl HotMetrics {
-    fn new() -> Self {
-        HotMetrics {
-            upstream_events: metrics::counter!(m::UPSTREAM_EVENTS),
-            downstream_events: metrics::counter!(m::DOWNSTREAM_EVENTS),
-            tokens: metrics::counter!(m::TOKENS),
-            batch_tokens: metrics::histogram!(m::BATCH_TOKENS),
-        }
-    }
-}
-
 /// Reads one stream's upstream into its log.
 pub struct Reader<B> {
     stream: Arc<Stream>,
@@ -126,7 +107,7 @@ pub struct Reader<B> {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     tokens: u64,
-    metrics: HotMetrics,
+    metrics: Arc<Metrics>,
     _slot: Slot,
 }
 
@@ -134,7 +115,8 @@ impl<B> Reader<B>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
-    /// A reader for `stream` on `route`, fed by `body`; `arrived` is when the client's request arrived.
+    /// A reader for `stream` on `route`, fed by `body`; `arrived` is when the client's request
+    /// arrived. It counts into the registry's metrics.
     pub fn new(
         stream: Arc<Stream>,
         body: B,
@@ -154,6 +136,7 @@ where
         });
         let settings = shared.settings;
         Reader {
+            metrics: shared.registry.metrics().clone(),
             parser: Parser::new(settings.max_event_bytes),
             batcher: Batcher::new(settings.batching),
             stream,
@@ -166,7 +149,6 @@ where
             first_token: None,
             last_token: None,
             tokens: 0,
-            metrics: HotMetrics::new(),
             _slot: slot,
         }
     }
@@ -174,8 +156,8 @@ where
     /// Reads until the stream ends, then closes its log. The upstream body is dropped on return,
     /// which closes the backend connection if the answer was not complete.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let _guard = EndGuard(self.stream.clone());
-        m::counter_inc(m::STREAMS_STARTED);
+        let _guard = EndGuard(self.stream.clone(), self.metrics.clone());
+        self.metrics.streams_started.increment(1);
         let end = self.drive(shutdown).await;
         let outcome = self.write_end(end);
         self.stream.finish(outcome);
@@ -306,7 +288,9 @@ where
 
     fn send_batch(&mut self, batch: batcher::Batch, now: Instant) {
         if self.tokens == 0 {
-            metrics::histogram!(m::TTFT).record(now.saturating_duration_since(self.arrived).as_secs_f64());
+            self.metrics
+                .ttft
+                .record(now.saturating_duration_since(self.arrived).as_secs_f64());
         }
         let n = batch.tokens as u64;
         self.append(None, &protocol::batch(&batch.text, batch.tokens));
@@ -354,7 +338,7 @@ where
             }
             End::Error(code) => {
                 self.flush(now);
-                m::error(code.as_str());
+                self.metrics.error(code);
                 self.append(Some(protocol::EVENT_ERROR), &protocol::error(code));
                 outcome(code)
             }
@@ -362,12 +346,14 @@ where
     }
 
     fn record(&mut self, outcome: Outcome) {
-        metrics::counter!(m::STREAMS_FINISHED, "outcome" => outcome.as_str()).increment(1);
-        metrics::histogram!(m::STREAM_DURATION).record(self.arrived.elapsed().as_secs_f64());
+        self.metrics.streams_finished.increment(outcome.into());
+        self.metrics
+            .stream_duration
+            .record(self.arrived.elapsed().as_secs_f64());
         if let (Some(first), Some(last)) = (self.first_token, self.last_token) {
             let secs = last.saturating_duration_since(first).as_secs_f64();
             if secs > 0.0 && self.tokens > 1 {
-                metrics::histogram!(m::STREAM_TPS).record((self.tokens - 1) as f64 / secs);
+                self.metrics.stream_tps.record((self.tokens - 1) as f64 / secs);
             }
         }
         if outcome != Outcome::Completed || self.tokens == 0 {
@@ -375,7 +361,7 @@ where
         }
         if let Some(p) = self.progress.as_ref() {
             if let Some(err) = p.estimate_error_at_quarter(self.tokens) {
-                metrics::histogram!(m::PROGRESS_ERROR).record(err);
+                self.metrics.progress_error.record(err);
             }
             p.learn(self.tokens);
         }
@@ -385,7 +371,7 @@ where
 /// Ends the stream's log if its reader stops without doing so, so that followers get an error
 /// event and their connections end instead of waiting forever. A panic is a bug; otherwise the
 /// runtime stopped with the reader still running (readers outlived the shutdown wait).
-struct EndGuard(Arc<Stream>);
+struct EndGuard(Arc<Stream>, Arc<Metrics>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
@@ -399,7 +385,7 @@ impl Drop for EndGuard {
             tracing::warn!("stream reader stopped by the runtime before it ended its stream");
             (ErrorCode::Shutdown, Outcome::Shutdown)
         };
-        m::error(code.as_str());
+        self.1.error(code);
         self.0
             .log
             .append(Some(protocol::EVENT_ERROR), &protocol::error(code));
@@ -434,7 +420,7 @@ mod tests {
         stream.log.append(None, "partial");
         let s2 = stream.clone();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let _guard = EndGuard(s2);
+            let _guard = EndGuard(s2, Arc::new(Metrics::noop()));
             panic!("a bug in the reader");
         }));
         assert!(panicked.is_err());
@@ -448,14 +434,14 @@ mod tests {
         assert!(String::from_utf8_lossy(&chunk).contains("\"code\":\"internal\""));
         assert_eq!(stream.log.read_after(2, 1 << 20), Read::End);
         // A finished stream is left alone.
-        drop(EndGuard(stream.clone()));
+        drop(EndGuard(stream.clone(), Arc::new(Metrics::noop())));
         assert_eq!(stream.log.last_seq(), 2);
     }
 
     #[test]
     fn a_reader_dropped_by_the_runtime_ends_its_stream_with_shutdown() {
         let stream = running_stream();
-        drop(EndGuard(stream.clone()));
+        drop(EndGuard(stream.clone(), Arc::new(Metrics::noop())));
         assert!(matches!(
             stream.state(),
             crate::stream::State::Finished(Outcome::Shutdown, _)

@@ -28,8 +28,21 @@ pub enum Outcome {
     Shutdown,
 }
 
+impl From<Outcome> for crate::metrics::FinishedOutcome {
+    fn from(o: Outcome) -> Self {
+        use crate::metrics::FinishedOutcome as F;
+        match o {
+            Outcome::Completed => F::Completed,
+            Outcome::Cancelled => F::Cancelled,
+            Outcome::Abandoned => F::Abandoned,
+            Outcome::Error => F::Error,
+            Outcome::Shutdown => F::Shutdown,
+        }
+    }
+}
+
 impl Outcome {
-    /// The metric label.
+    /// The word for it in logs, `/streams` and the `outcome` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -190,6 +203,22 @@ mod tests {
         let id = StreamId::random();
         let log = Arc::new(MemoryLog::new(id, 1 << 20, Arc::new(LogBudget::default())));
         Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log))
+    }
+
+    #[test]
+    fn the_outcome_label_is_the_outcome_word() {
+        use crate::metrics::{FinishedOutcome, LabelValue};
+        let all = [
+            Outcome::Completed,
+            Outcome::Cancelled,
+            Outcome::Abandoned,
+            Outcome::Error,
+            Outcome::Shutdown,
+        ];
+        for o in all {
+            assert_eq!(FinishedOutcome::from(o).as_str(), o.as_str());
+        }
+        assert_eq!(all.len(), FinishedOutcome::ALL.len());
     }
 
     #[test]

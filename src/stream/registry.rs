@@ -4,6 +4,7 @@ use super::{State, Stream};
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::LogBudget;
+use crate::metrics::{EvictionKind, Metrics, RejectReason};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -24,16 +25,17 @@ pub enum Rejected {
     MaxFollowers,
 }
 
-impl Rejected {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejected::MaxStreams => "max_streams",
-            Rejected::MaxStreamsPerIdentity => "max_streams_per_identity",
-            Rejected::MaxFollowers => "max_followers",
+impl From<Rejected> for RejectReason {
+    fn from(why: Rejected) -> Self {
+        match why {
+            Rejected::MaxStreams => RejectReason::MaxStreams,
+            Rejected::MaxStreamsPerIdentity => RejectReason::MaxStreamsPerIdentity,
+            Rejected::MaxFollowers => RejectReason::MaxFollowers,
         }
     }
+}
 
+impl Rejected {
     /// The `error` code of the JSON body.
     pub fn code(self) -> &'static str {
         match self {
@@ -84,6 +86,7 @@ pub struct Registry {
     max_total_bytes: usize,
     retention: Duration,
     readers: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 /// A reserved running-stream slot; released on drop.
@@ -104,18 +107,19 @@ impl Drop for Slot {
                 }
             }
         }
-        metrics::gauge!(crate::metrics::STREAMS_ACTIVE).set(inner.running as f64);
+        self.registry.metrics.streams_active.set(inner.running as f64);
     }
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry, counting into `metrics`.
     pub fn new(
         budget: Arc<LogBudget>,
         max_streams: usize,
         max_per_owner: usize,
         max_total_bytes: usize,
         retention: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Registry {
             inner: Mutex::new(Inner::default()),
@@ -125,6 +129,7 @@ impl Registry {
             max_total_bytes,
             retention,
             readers: TaskTracker::new(),
+            metrics,
         }
     }
 
@@ -152,6 +157,11 @@ impl Registry {
         crate::sync::lock(&self.inner)
     }
 
+    /// The metrics the streams of this registry count into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The shared byte budget of all logs.
     pub fn budget(&self) -> &Arc<LogBudget> {
         &self.budget
@@ -171,7 +181,7 @@ impl Registry {
             *n += 1;
         }
         inner.running += 1;
-        metrics::gauge!(crate::metrics::STREAMS_ACTIVE).set(inner.running as f64);
+        self.metrics.streams_active.set(inner.running as f64);
         Ok(Slot {
             registry: self.clone(),
             owner,
@@ -240,7 +250,7 @@ impl Registry {
             }
             if let Some(s) = inner.streams.remove(&id) {
                 s.log.clear();
-                metrics::counter!(crate::metrics::EVICTIONS, "kind" => "finished").increment(1);
+                self.metrics.evictions.increment(EvictionKind::Finished);
             }
         }
         // Sizes are read once: other streams keep appending while we sort, and a sort key that
@@ -259,7 +269,7 @@ impl Registry {
             }
             let excess = held - target;
             s.log.shrink_to(s.log.bytes().saturating_sub(excess));
-            metrics::counter!(crate::metrics::EVICTIONS, "kind" => "running").increment(1);
+            self.metrics.evictions.increment(EvictionKind::Running);
         }
     }
 
@@ -271,7 +281,7 @@ impl Registry {
             .values()
             .filter(|s| s.state() == State::Running && s.followers() == 0)
             .count();
-        metrics::gauge!(crate::metrics::STREAMS_DETACHED).set(detached as f64);
+        self.metrics.streams_detached.set(detached as f64);
     }
 
     /// Snapshot for `/streams`, newest first.
@@ -329,6 +339,7 @@ mod tests {
             1,
             max_total,
             Duration::from_secs(60),
+            Arc::new(Metrics::noop()),
         ))
     }
 

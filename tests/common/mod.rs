@@ -371,7 +371,9 @@ pub async fn proxy(upstream: SocketAddr, edit: impl FnOnce(&mut Config)) -> Test
 pub async fn proxy_with(cfg: Config) -> TestProxy {
     let shutdown = CancellationToken::new();
     let settings = sse_proxy::settings::Settings::build(&cfg);
-    let bound = sse_proxy::server::bind(settings, shutdown.clone())
+    // A registry of its own: tests running side by side in one process count apart.
+    let metrics = sse_proxy::metrics::Prometheus::standalone().expect("metrics recorder");
+    let bound = sse_proxy::server::bind(settings, shutdown.clone(), metrics)
         .await
         .expect("bind proxy");
     let (addr, admin, app) = (bound.main_addr(), bound.admin_addr(), bound.app().clone());
@@ -573,20 +575,6 @@ pub fn qs(value: &str) -> String {
 
 // ------------------------------------------------------------------------------------------
 // More helpers (resume, cancel, chaos)
-
-/// The metrics recorder is global to the test process: tests asserting exact metric deltas take
-/// this lock exclusively, every other test of the same binary takes it shared.
-static METRICS_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// Taken by a test that asserts exact global metrics (no other test of the binary runs meanwhile).
-pub async fn metrics_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
-    METRICS_LOCK.write().await
-}
-
-/// Taken by every other test of a binary that has `metrics_exclusive` tests.
-pub async fn metrics_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    METRICS_LOCK.read().await
-}
 
 /// Sends a prebuilt request (for header values that are not valid UTF-8, say).
 pub async fn send_request(req: Request<Full<Bytes>>) -> Response<Incoming> {
