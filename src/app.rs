@@ -8,6 +8,7 @@ use crate::progress::Learner;
 use crate::rate_limit::RateLimit;
 use crate::reframe::{self, ProgressEvents};
 use crate::settings::Settings;
+use crate::store::{self, StoreSettings};
 use crate::stream::Registry;
 use crate::upstream::Upstream;
 use std::sync::Arc;
@@ -38,15 +39,40 @@ pub struct App {
     pub client_reports: RateLimit,
     /// What every request and stream counts into.
     pub metrics: Arc<Metrics>,
+    /// The stream store: every stream's events, for resumes of streams this process does not hold.
+    pub store: store::Handle,
+}
+
+/// The memory store, bounded like the local logs.
+fn memory_store(settings: &Settings) -> store::Handle {
+    let store = StoreSettings {
+        max_stream_bytes: settings.resume.max_stream_bytes,
+        lease: store::LEASE,
+        retention: settings.resume.retention,
+    };
+    store::Handle::memory(store, settings.resume.max_total_bytes)
 }
 
 impl App {
-    /// The state for `settings`, counting into `metrics`; `learner` is used when progress is on.
+    /// The state for `settings`, counting into `metrics`, with a memory store; `learner` is used
+    /// when progress is on.
     pub fn new(
         settings: Settings,
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
+    ) -> Self {
+        let store = memory_store(&settings);
+        Self::with_store(settings, learner, shutdown, metrics, store)
+    }
+
+    /// The state for `settings`, counting into `metrics`, writing streams to `store`.
+    pub fn with_store(
+        settings: Settings,
+        learner: Option<Arc<Learner>>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+        store: store::Handle,
     ) -> Self {
         let registry = Arc::new(Registry::new(
             Arc::new(LogBudget::new(metrics.log_bytes.clone())),
@@ -68,6 +94,7 @@ impl App {
             settings: settings.reader,
             registry: registry.clone(),
             progress,
+            store: store.clone(),
         });
         let per_second = settings.client_metrics.map_or(0, |c| c.per_second);
         App {
@@ -82,6 +109,7 @@ impl App {
             learner,
             shutdown,
             metrics,
+            store,
         }
     }
 }

@@ -2,19 +2,23 @@
 //!
 //! The cursor reads whatever the log holds after its position in one coalesced write (so a slow
 //! client never builds a queue of small writes), waits for the log to grow, and writes a heartbeat
-//! comment when nothing was written for the heartbeat interval.
+//! comment when nothing was written for the heartbeat interval. It reads this process's log of a
+//! stream it reads itself, or the stream store for a stream another replica reads.
 
 use crate::http_util::ProxyBody;
+use crate::ids::StreamId;
 use crate::log::{Read, Subscription};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreOp};
 use crate::protocol::{self, ErrorCode};
-use crate::stream::Follower;
+use crate::store::{Batch, Store, StoreError, Wait};
+use crate::stream::{Follower, Outcome};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Per-connection write settings.
 #[derive(Debug, Clone, Copy)]
@@ -25,10 +29,103 @@ pub struct CursorSettings {
     pub max_write_bytes: usize,
 }
 
+/// Where a cursor reads.
+enum Source {
+    /// This process's log of a stream it reads.
+    Local { follower: Follower, sub: Subscription },
+    /// The stream store.
+    Remote(Remote),
+}
+
+/// A stream in the store that another replica reads, tailed from there.
+pub struct Remote {
+    store: Arc<dyn Store>,
+    id: StreamId,
+    lease: Duration,
+    check_at: Instant,
+    stop: CancellationToken,
+}
+
+/// How a wait for more of a stream ended.
+enum Waited {
+    /// Read again.
+    Changed,
+    /// The heartbeat is due.
+    Beat,
+    /// The proxy is shutting down.
+    Stop,
+}
+
+impl Remote {
+    /// Tails `id` in `store`, making sure every `lease` that a replica still reads it; ends when
+    /// `stop` fires (the client resumes from its last event).
+    pub fn new(store: Arc<dyn Store>, id: StreamId, lease: Duration, stop: CancellationToken) -> Self {
+        Remote {
+            store,
+            id,
+            lease,
+            check_at: Instant::now() + lease,
+            stop,
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        after: u64,
+        beat_at: Instant,
+        metrics: &Metrics,
+    ) -> Result<Waited, (StoreOp, StoreError)> {
+        let now = Instant::now();
+        if now >= self.check_at {
+            self.check_at = now + self.lease;
+            self.check_owner(metrics).await?;
+            return Ok(Waited::Changed);
+        }
+        let deadline = beat_at.min(self.check_at);
+        tokio::select! {
+            _ = self.stop.cancelled() => Ok(Waited::Stop),
+            w = self.store.wait(self.id, after, deadline) => match w.map_err(|e| (StoreOp::Wait, e))? {
+                Wait::Ready => Ok(Waited::Changed),
+                Wait::Timeout if Instant::now() >= beat_at => Ok(Waited::Beat),
+                Wait::Timeout => Ok(Waited::Changed),
+            },
+        }
+    }
+
+    /// Ends the stream with `upstream_lost` if the replica reading it let its lease lapse.
+    async fn check_owner(&self, metrics: &Metrics) -> Result<(), (StoreOp, StoreError)> {
+        let meta = self.store.meta(self.id).await.map_err(|e| (StoreOp::Meta, e))?;
+        if !meta.lease_expired {
+            return Ok(());
+        }
+        let seq = meta.last_seq + 1;
+        let code = ErrorCode::UpstreamLost;
+        let frame = protocol::encode_frame(
+            &self.id.to_string(),
+            seq,
+            Some(protocol::EVENT_ERROR),
+            &protocol::error(code),
+        );
+        match self
+            .store
+            .finish(self.id, Outcome::Error, Batch::new(seq, vec![frame]))
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!("the replica reading this stream stopped renewing its lease; it ends here");
+                metrics.error(code);
+                Ok(())
+            }
+            // The reader wrote meanwhile (it is alive), or the stream ended anyway.
+            Err(StoreError::Conflict { .. }) | Err(StoreError::Finished(_)) => Ok(()),
+            Err(e) => Err((StoreOp::Finish, e)),
+        }
+    }
+}
+
 /// A connection's position in a stream's log.
 pub struct Cursor {
-    follower: Follower,
-    sub: Subscription,
+    source: Source,
     pos: u64,
     preamble: Option<Bytes>,
     settings: CursorSettings,
@@ -48,9 +145,35 @@ impl Cursor {
         metrics: Arc<Metrics>,
     ) -> Self {
         let sub = follower.stream().log.subscribe();
+        Self::with_source(
+            Source::Local { follower, sub },
+            after,
+            preamble,
+            settings,
+            metrics,
+        )
+    }
+
+    /// [`Cursor::new`] for a stream read from the store.
+    pub fn remote(
+        remote: Remote,
+        after: u64,
+        preamble: Bytes,
+        settings: CursorSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self::with_source(Source::Remote(remote), after, preamble, settings, metrics)
+    }
+
+    fn with_source(
+        source: Source,
+        after: u64,
+        preamble: Bytes,
+        settings: CursorSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Cursor {
-            follower,
-            sub,
+            source,
             pos: after,
             preamble: Some(preamble),
             settings,
@@ -69,34 +192,68 @@ impl Cursor {
             return None;
         }
         loop {
-            self.sub.mark_seen();
-            match self
-                .follower
-                .stream()
-                .log
-                .read_after(self.pos, self.settings.max_write_bytes)
-            {
-                Read::Data { chunk, last } => {
+            let max = self.settings.max_write_bytes;
+            let read = match &mut self.source {
+                Source::Local { follower, sub } => {
+                    sub.mark_seen();
+                    Ok(follower.stream().log.read_after(self.pos, max))
+                }
+                Source::Remote(r) => r
+                    .store
+                    .read(r.id, self.pos, max)
+                    .await
+                    .map_err(|e| (StoreOp::Read, e)),
+            };
+            match read {
+                Ok(Read::Data { chunk, last }) => {
                     self.pos = last;
                     self.last_write = Instant::now();
                     return Some(chunk);
                 }
-                Read::End => return None,
-                Read::Gone => {
-                    // The log dropped events this connection had not read yet (memory bound).
-                    self.done = true;
-                    self.metrics.error(ErrorCode::Evicted);
-                    return Some(protocol::error_frame(ErrorCode::Evicted));
-                }
-                Read::Pending => {}
+                Ok(Read::End) => return None,
+                // The log dropped events this connection had not read yet (memory bound).
+                Ok(Read::Gone) | Err((_, StoreError::NotFound)) => return Some(self.evicted()),
+                Ok(Read::Pending) => {}
+                Err((op, e)) => return self.store_failed(op, &e),
             }
             let beat_at = self.last_write + self.settings.heartbeat;
-            if timeout_at(beat_at, self.sub.changed()).await.is_err() {
-                self.last_write = Instant::now();
-                self.metrics.heartbeats.increment(1);
-                return Some(Bytes::from_static(protocol::HEARTBEAT));
+            let waited = match &mut self.source {
+                Source::Local { sub, .. } => match timeout_at(beat_at, sub.changed()).await {
+                    Ok(()) => Ok(Waited::Changed),
+                    Err(_) => Ok(Waited::Beat),
+                },
+                Source::Remote(r) => r.wait(self.pos, beat_at, &self.metrics).await,
+            };
+            match waited {
+                Ok(Waited::Changed) => {}
+                Ok(Waited::Beat) => {
+                    self.last_write = Instant::now();
+                    self.metrics.heartbeats.increment(1);
+                    return Some(Bytes::from_static(protocol::HEARTBEAT));
+                }
+                Ok(Waited::Stop) => {
+                    self.done = true;
+                    return None;
+                }
+                Err((_, StoreError::NotFound)) => return Some(self.evicted()),
+                Err((op, e)) => return self.store_failed(op, &e),
             }
         }
+    }
+
+    fn evicted(&mut self) -> Bytes {
+        self.done = true;
+        self.metrics.error(ErrorCode::Evicted);
+        protocol::error_frame(ErrorCode::Evicted)
+    }
+
+    /// The store cannot be read: the body ends without an event, so the client resumes from its
+    /// last event (an `error` event would make it give up or start over).
+    fn store_failed(&mut self, op: StoreOp, e: &StoreError) -> Option<Bytes> {
+        tracing::warn!(op = crate::metrics::LabelValue::as_str(op), error = %e, "stream store failed; closing the connection so the client resumes");
+        self.metrics.store_errors.increment(op);
+        self.done = true;
+        None
     }
 
     /// The response body that drives this cursor; dropping it (client gone) detaches the follower.
@@ -199,5 +356,171 @@ mod tests {
         assert_eq!(stream.followers(), 1);
         drop(c.into_body());
         assert_eq!(stream.followers(), 0);
+    }
+    mod remote {
+        use super::*;
+        use crate::store::gate::Gate;
+        use crate::store::{MemoryStore, NewStream, StoreSettings};
+
+        const LEASE: Duration = Duration::from_secs(5);
+
+        fn memory(lease: Duration) -> Arc<MemoryStore> {
+            let settings = StoreSettings {
+                max_stream_bytes: 1 << 20,
+                lease,
+                retention: Duration::from_secs(60),
+            };
+            Arc::new(MemoryStore::new(settings, usize::MAX))
+        }
+
+        /// A stream another replica reads, with `n` frames in the store.
+        async fn written(store: &dyn Store, n: u64) -> StreamId {
+            let id = StreamId::random();
+            let new = NewStream {
+                owner: None,
+                route: "/r".into(),
+                model: "m".into(),
+                replica: "elsewhere".into(),
+            };
+            store.create(id, new).await.expect("create");
+            append(store, id, 1, n).await;
+            id
+        }
+
+        async fn append(store: &dyn Store, id: StreamId, first: u64, last: u64) {
+            let frames = (first..=last)
+                .map(|seq| protocol::encode_frame(&id.to_string(), seq, None, &format!("t{seq}")))
+                .collect();
+            store.append(id, Batch::new(first, frames)).await.expect("append");
+        }
+
+        fn cursor(store: Arc<dyn Store>, id: StreamId, after: u64, stop: &CancellationToken) -> Cursor {
+            let settings = CursorSettings {
+                heartbeat: Duration::from_secs(15),
+                max_write_bytes: 1 << 16,
+            };
+            let remote = Remote::new(store, id, LEASE, stop.clone());
+            Cursor::remote(
+                remote,
+                after,
+                Bytes::from_static(b"retry: 1000\n\n"),
+                settings,
+                Arc::new(crate::metrics::Metrics::noop()),
+            )
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn replays_from_the_store_then_tails_it_live() {
+            let store = memory(Duration::from_secs(600));
+            let id = written(&*store, 3).await;
+            let stop = CancellationToken::new();
+            let mut c = cursor(store.clone(), id, 1, &stop);
+            assert_eq!(s(c.next_chunk().await), "retry: 1000\n\n");
+            let chunk = s(c.next_chunk().await);
+            assert!(
+                chunk.contains(":2\ndata: t2") && chunk.contains(":3\ndata: t3"),
+                "{chunk}"
+            );
+            assert!(!chunk.contains("t1"));
+            let writer = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                append(&*writer, id, 4, 4).await;
+            });
+            assert!(s(c.next_chunk().await).contains("data: t4"));
+            let t0 = Instant::now();
+            assert_eq!(s(c.next_chunk().await), ": heartbeat\n\n");
+            assert_eq!(Instant::now() - t0, Duration::from_secs(15));
+            let done = protocol::encode_frame(&id.to_string(), 5, Some("done"), "{}");
+            let kept = store
+                .finish(id, Outcome::Completed, Batch::new(5, vec![done]))
+                .await;
+            assert_eq!(kept, Ok(Outcome::Completed));
+            assert!(s(c.next_chunk().await).contains("event: done"));
+            assert!(c.next_chunk().await.is_none());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_lapsed_lease_ends_the_stream_with_upstream_lost_within_two_leases() {
+            let store = memory(LEASE);
+            let id = written(&*store, 2).await;
+            let stop = CancellationToken::new();
+            let mut c = cursor(store.clone(), id, 0, &stop);
+            c.next_chunk().await;
+            let t0 = Instant::now();
+            assert!(s(c.next_chunk().await).contains("data: t2"));
+            let mut chunk = s(c.next_chunk().await);
+            while chunk.starts_with(':') {
+                chunk = s(c.next_chunk().await);
+            }
+            assert!(Instant::now() - t0 <= 2 * LEASE, "{:?}", Instant::now() - t0);
+            assert!(
+                chunk.starts_with(&format!("id: {id}:3\nevent: error\n")),
+                "{chunk}"
+            );
+            assert!(chunk.contains("\"code\":\"upstream_lost\""), "{chunk}");
+            assert!(chunk.contains("\"recoverable\":false"), "{chunk}");
+            assert!(c.next_chunk().await.is_none());
+            let meta = store.meta(id).await.expect("meta");
+            assert_eq!(meta.state, crate::store::State::Finished(Outcome::Error));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_live_owner_keeps_its_stream() {
+            let store = memory(LEASE);
+            let id = written(&*store, 1).await;
+            let owner = store.clone();
+            tokio::spawn(async move {
+                for seq in 2..=20 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = owner.refresh_lease(id).await;
+                    append(&*owner, id, seq, seq).await;
+                }
+            });
+            let stop = CancellationToken::new();
+            let mut c = cursor(store.clone(), id, 0, &stop);
+            c.next_chunk().await;
+            let mut seen = String::new();
+            while !seen.contains("data: t20") {
+                seen.push_str(&s(c.next_chunk().await));
+            }
+            assert!(!seen.contains("upstream_lost"), "{seen}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stream_gone_from_the_store_is_evicted() {
+            let store = memory(LEASE);
+            let id = written(&*store, 1).await;
+            let stop = CancellationToken::new();
+            let mut c = cursor(store.clone(), id, 1, &stop);
+            c.next_chunk().await;
+            store.remove(id).await.expect("remove");
+            assert!(s(c.next_chunk().await).contains("\"code\":\"evicted\""));
+            assert!(c.next_chunk().await.is_none());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_unavailable_store_or_shutdown_ends_the_body_without_an_event() {
+            let gate = Gate::new(memory(Duration::from_secs(600)));
+            let id = written(&*gate, 1).await;
+            let stop = CancellationToken::new();
+            let mut c = cursor(gate.clone(), id, 0, &stop);
+            c.next_chunk().await;
+            assert!(s(c.next_chunk().await).contains("data: t1"));
+            gate.fail(true);
+            assert!(
+                c.next_chunk().await.is_none(),
+                "the client resumes by its last id"
+            );
+            gate.fail(false);
+            let mut c = cursor(gate.clone(), id, 1, &stop);
+            c.next_chunk().await;
+            let stopper = stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                stopper.cancel();
+            });
+            assert!(c.next_chunk().await.is_none());
+        }
     }
 }

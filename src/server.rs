@@ -49,6 +49,17 @@ pub async fn bind(
     shutdown: CancellationToken,
     metrics: Prometheus,
 ) -> Result<Bound, ServerError> {
+    bind_with_store(settings, shutdown, metrics, None).await
+}
+
+/// [`bind`], writing streams to `store` instead of a memory store of this process's own (tests run
+/// several proxies on one store).
+pub async fn bind_with_store(
+    settings: Settings,
+    shutdown: CancellationToken,
+    metrics: Prometheus,
+    store: Option<crate::store::Handle>,
+) -> Result<Bound, ServerError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -57,7 +68,10 @@ pub async fn bind(
     let main = bind(settings.server.listen).await?;
     let admin = bind(settings.server.admin_listen).await?;
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
-    let app = Arc::new(App::new(settings, learner, shutdown, metrics.metrics));
+    let app = Arc::new(match store {
+        Some(store) => App::with_store(settings, learner, shutdown, metrics.metrics, store),
+        None => App::new(settings, learner, shutdown, metrics.metrics),
+    });
     Ok(Bound {
         main,
         admin,

@@ -1,9 +1,10 @@
-//! Responses more than one handler sends: the event stream of a follower, the 429 of a limit, and
-//! the answer to a failed backend request.
+//! Responses more than one handler sends: the event stream of a follower (local or from the store),
+//! the 429 of a limit, and the answer to a failed backend request.
 
 use crate::app::App;
-use crate::connection::Cursor;
+use crate::connection::{Cursor, Remote};
 use crate::http_util::{self, ProxyBody};
+use crate::ids::StreamId;
 use crate::metrics::{ErrorLabel, Metrics, RejectReason};
 use crate::protocol;
 use crate::stream::{Follower, Rejected};
@@ -19,10 +20,42 @@ pub fn event_stream_response(
     after: u64,
     span: tracing::Span,
 ) -> Response<ProxyBody> {
-    let id = follower.stream().id.to_string();
-    let settings = &app.settings;
-    let preamble = protocol::retry_preamble(settings.resume.client_retry.as_millis() as u64);
-    let cursor = Cursor::new(follower, after, preamble, settings.cursor, app.metrics.clone());
+    let id = follower.stream().id;
+    let cursor = Cursor::new(
+        follower,
+        after,
+        preamble(app),
+        app.settings.cursor,
+        app.metrics.clone(),
+    );
+    sse_response(id, cursor, span)
+}
+
+/// A `200 text/event-stream` response following stream `id` in the store after seq `after`.
+pub fn store_stream_response(
+    app: &App,
+    id: StreamId,
+    after: u64,
+    span: tracing::Span,
+) -> Response<ProxyBody> {
+    let remote = Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone());
+    let cursor = Cursor::remote(
+        remote,
+        after,
+        preamble(app),
+        app.settings.cursor,
+        app.metrics.clone(),
+    );
+    sse_response(id, cursor, span)
+}
+
+/// The `retry:` line every stream response starts with.
+fn preamble(app: &App) -> Bytes {
+    protocol::retry_preamble(app.settings.resume.client_retry.as_millis() as u64)
+}
+
+fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<ProxyBody> {
+    let id = id.to_string();
     let body = cursor.into_body();
     let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
     let mut resp = Response::new(body);

@@ -1,16 +1,22 @@
 //! Resuming a stream from `Last-Event-ID`.
 
-use super::respond::{event_stream_response, too_many};
+use super::respond::{event_stream_response, store_stream_response, too_many};
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
 use crate::log::StreamLog;
-use crate::metrics::{Metrics, ResumeResult};
+use crate::metrics::{Metrics, ResumeResult, StoreOp};
 use crate::protocol::{EventId, EventIdError};
 use crate::query;
+use crate::store::{self, StoreError};
 use crate::stream::Rejected;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a resume waits for the stream store to say what it has of a stream.
+const STORE_ANSWER: Duration = Duration::from_secs(2);
 
 /// What a resume request gets.
 pub enum Resume {
@@ -34,15 +40,16 @@ pub fn requested<B>(req: &Request<B>) -> Result<Option<EventId>, EventIdError> {
 }
 
 /// Decides the answer to a resume of `id` by `owner`.
-pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
+pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
     let Some(stream) = app.registry.get(&id.stream) else {
-        return Resume::Gone;
+        return from_store(app, id, owner).await;
     };
     if !app.identity.permits(stream.owner, owner) {
         return Resume::Gone;
     }
     let log: &Arc<dyn StreamLog> = &stream.log;
-    let last = log.last_seq();
+    // Only ids up to the durable mark were ever given out.
+    let last = log.durable_seq();
     if id.seq > last || id.seq + 1 < log.first_seq() {
         return Resume::Gone;
     }
@@ -58,6 +65,55 @@ pub fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         tracing::info_span!("stream", stream_id = %stream.id, route = %stream.route, model = %stream.model);
     span.in_scope(|| tracing::info!(after = id.seq, "stream resumed"));
     Resume::Respond(event_stream_response(app, follower, id.seq, span))
+}
+
+/// A resume of a stream this process does not hold: another replica reads it, or read it before.
+async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
+    let meta = match tokio::time::timeout(STORE_ANSWER, app.store.store.meta(id.stream)).await {
+        Ok(Ok(meta)) => meta,
+        Ok(Err(StoreError::NotFound)) => return Resume::Gone,
+        Ok(Err(e)) => return Resume::Respond(unavailable(app, &e)),
+        Err(_) => {
+            let e = StoreError::Unavailable("no answer in time".into());
+            return Resume::Respond(unavailable(app, &e));
+        }
+    };
+    // This process serves the streams it reads from its own log only: one it no longer holds was
+    // evicted or expired here, whatever copy the store still has.
+    if *meta.replica == *app.store.replica || !app.identity.permits(meta.owner, owner) {
+        return Resume::Gone;
+    }
+    if id.seq > meta.last_seq || id.seq + 1 < meta.first_seq {
+        return Resume::Gone;
+    }
+    if matches!(meta.state, store::State::Finished(_)) && id.seq == meta.last_seq {
+        app.metrics.resumes.increment(ResumeResult::Finished);
+        return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
+    }
+    app.metrics.resumes.increment(ResumeResult::Replayed);
+    let span =
+        tracing::info_span!("stream", stream_id = %id.stream, route = %meta.route, model = %meta.model);
+    span.in_scope(
+        || tracing::info!(after = id.seq, replica = %meta.replica, "stream resumed from the store"),
+    );
+    Resume::Respond(store_stream_response(app, id.stream, id.seq, span))
+}
+
+/// `503` with `Retry-After`: the stream may well exist, but the store cannot say.
+fn unavailable(app: &App, e: &StoreError) -> Response<ProxyBody> {
+    tracing::warn!(error = %e, "stream store unavailable for a resume");
+    app.metrics.store_errors.increment(StoreOp::Meta);
+    app.metrics.resumes.increment(ResumeResult::Unavailable);
+    let mut resp = http_util::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the stream store cannot be reached; try again shortly",
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(app.settings.limits.retry_after_secs),
+    );
+    resp
 }
 
 /// The one `410` every unusable id gets, so ids reveal nothing.

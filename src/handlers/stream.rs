@@ -45,7 +45,7 @@ pub async fn handle(
         }
     };
     if let Some(id) = resume_from {
-        match resume::answer(app, id, owner) {
+        match resume::answer(app, id, owner).await {
             Resume::Respond(resp) => return resp,
             Resume::Gone if app.settings.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
@@ -109,7 +109,8 @@ async fn start(
     let (resp_parts, body) = resp.into_parts();
     let body = UpstreamBody::new(body, &resp_parts.headers);
     let id = StreamId::random();
-    let log = Arc::new(MemoryLog::new(
+    // Staged: clients see an event once the stream store has it.
+    let log = Arc::new(MemoryLog::staged(
         id,
         settings.resume.max_stream_bytes,
         app.registry.budget().clone(),

@@ -1,9 +1,9 @@
-//! In-memory log: a bounded deque of encoded frames.
+//! In-memory log: a bounded deque of encoded frames, and the mark of how far readers may see.
 
 use super::{Read, StreamLog, Subscription};
 use crate::ids::StreamId;
 use crate::protocol;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,9 +57,23 @@ struct Inner {
     first: u64,
     bytes: usize,
     closed: bool,
+    /// Seq of the last frame readers may see.
+    durable: u64,
+    /// Appends wait for `mark_durable`; otherwise `durable` follows them.
+    staged: bool,
 }
 
 impl Inner {
+    /// Seq the next append gets.
+    fn next(&self) -> u64 {
+        self.first + self.frames.len() as u64
+    }
+
+    /// Seq of the last frame appended (0 before the first).
+    fn last(&self) -> u64 {
+        self.next() - 1
+    }
+
     /// Drops the oldest frames until at most `max` bytes are held, keeping at least the newest `keep`;
     /// returns bytes freed.
     fn drop_oldest(&mut self, max: usize, keep: usize) -> usize {
@@ -76,6 +90,10 @@ impl Inner {
 }
 
 /// A log held in this process's memory, bounded to `max_bytes` (oldest events dropped first).
+///
+/// A staged log ([`MemoryLog::staged`]) shows readers only the events up to its durable mark, which
+/// the stream's reader moves once the stream store has them; a log made with [`MemoryLog::new`] shows
+/// every event as soon as it is appended.
 pub struct MemoryLog {
     id: String,
     max_bytes: usize,
@@ -85,8 +103,17 @@ pub struct MemoryLog {
 }
 
 impl MemoryLog {
-    /// An empty log for `stream`.
+    /// An empty log for `stream` whose events are visible as soon as they are appended.
     pub fn new(stream: StreamId, max_bytes: usize, budget: Arc<LogBudget>) -> Self {
+        Self::build(stream, max_bytes, budget, false)
+    }
+
+    /// An empty log for `stream` whose events are visible only up to its durable mark.
+    pub fn staged(stream: StreamId, max_bytes: usize, budget: Arc<LogBudget>) -> Self {
+        Self::build(stream, max_bytes, budget, true)
+    }
+
+    fn build(stream: StreamId, max_bytes: usize, budget: Arc<LogBudget>, staged: bool) -> Self {
         MemoryLog {
             id: stream.to_string(),
             max_bytes,
@@ -96,6 +123,8 @@ impl MemoryLog {
                 first: 1,
                 bytes: 0,
                 closed: false,
+                durable: 0,
+                staged,
             }),
             notify: watch::Sender::new(()),
         }
@@ -103,6 +132,10 @@ impl MemoryLog {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         crate::sync::lock(&self.inner)
+    }
+
+    fn wake(&self) {
+        self.notify.send_replace(());
     }
 }
 
@@ -112,55 +145,50 @@ impl StreamLog for MemoryLog {
         if inner.closed {
             return 0;
         }
-        let seq = Self::next_seq(&inner);
+        let seq = inner.next();
         let frame = protocol::encode_frame(&self.id, seq, event, data);
         let size = frame.len() + ENTRY_OVERHEAD;
         inner.frames.push_back(frame);
         inner.bytes += size;
+        let visible = !inner.staged;
+        if visible {
+            inner.durable = seq;
+        }
         let freed = inner.drop_oldest(self.max_bytes, 1);
         drop(inner);
         self.budget.add(size);
         self.budget.sub(freed);
-        self.notify.send_replace(());
+        // A staged append changes nothing a reader sees, unless it pushed out frames one was due.
+        if visible || freed > 0 {
+            self.wake();
+        }
         seq
     }
 
     fn close(&self) {
-        self.lock().closed = true;
-        self.notify.send_replace(());
+        let mut inner = self.lock();
+        inner.closed = true;
+        // Whatever the store got, the end is shown locally: its clients must not wait forever.
+        inner.durable = inner.last();
+        drop(inner);
+        self.wake();
     }
 
     fn read_after(&self, after: u64, max_bytes: usize) -> Read {
         let inner = self.lock();
-        let next = Self::next_seq(&inner);
-        // Once `after < next` holds, `after + 1` cannot overflow.
-        if after >= next || after + 1 < inner.first {
-            // Past the end is a forged position; before the start was evicted.
+        let end = inner.durable;
+        // Once `after <= end` holds, `after + 1` cannot overflow (`end` is below the next seq).
+        if after > end || after + 1 < inner.first {
+            // Past the durable mark is a forged position; before the start was evicted.
             return Read::Gone;
         }
-        let start = (after + 1 - inner.first) as usize;
-        if start == inner.frames.len() {
+        if after == end {
+            // A closed log is durable up to its last event.
             return if inner.closed { Read::End } else { Read::Pending };
         }
-        let first = &inner.frames[start];
-        let mut total = first.len();
-        let mut count = 1;
-        for f in inner.frames.range(start + 1..) {
-            if total + f.len() > max_bytes {
-                break;
-            }
-            total += f.len();
-            count += 1;
-        }
-        let chunk = if count == 1 {
-            first.clone()
-        } else {
-            let mut buf = BytesMut::with_capacity(total);
-            for f in inner.frames.range(start..start + count) {
-                buf.put_slice(f);
-            }
-            buf.freeze()
-        };
+        let start = (after + 1 - inner.first) as usize;
+        let available = (end - after) as usize;
+        let (chunk, count) = super::coalesce(&inner.frames, start, start + available, max_bytes);
         Read::Data {
             chunk,
             last: after + count as u64,
@@ -176,7 +204,7 @@ impl StreamLog for MemoryLog {
     }
 
     fn last_seq(&self) -> u64 {
-        Self::next_seq(&self.lock()) - 1
+        self.lock().last()
     }
 
     fn first_seq(&self) -> u64 {
@@ -189,10 +217,11 @@ impl StreamLog for MemoryLog {
 
     fn shrink_to(&self, max_bytes: usize) {
         // The total budget is a hard bound: under pressure even the newest event goes (a follower
-        // that has read it goes on; one that has not gets `evicted`).
+        // that has read it goes on; one that has not gets `evicted`). Events dropped before the
+        // store had them leave the stream's reader no choice but live-only (`frames_after` says so).
         let freed = self.lock().drop_oldest(max_bytes, 0);
         self.budget.sub(freed);
-        self.notify.send_replace(());
+        self.wake();
     }
 
     fn clear(&self) {
@@ -202,16 +231,47 @@ impl StreamLog for MemoryLog {
         inner.frames.clear();
         inner.bytes = 0;
         inner.closed = true;
+        inner.durable = inner.last();
         drop(inner);
         self.budget.sub(freed);
-        self.notify.send_replace(());
+        self.wake();
     }
-}
 
-impl MemoryLog {
-    /// Seq the next append gets.
-    fn next_seq(inner: &Inner) -> u64 {
-        inner.first + inner.frames.len() as u64
+    fn durable_seq(&self) -> u64 {
+        self.lock().durable
+    }
+
+    fn mark_durable(&self, seq: u64) {
+        let mut inner = self.lock();
+        let to = seq.min(inner.last());
+        if to <= inner.durable {
+            return;
+        }
+        inner.durable = to;
+        drop(inner);
+        self.wake();
+    }
+
+    fn set_live_only(&self, on: bool) {
+        let mut inner = self.lock();
+        inner.staged = !on;
+        let last = inner.last();
+        if !on || inner.durable == last {
+            return;
+        }
+        inner.durable = last;
+        drop(inner);
+        self.wake();
+    }
+
+    fn frames_after(&self, after: u64) -> Option<Vec<Bytes>> {
+        let inner = self.lock();
+        if after >= inner.last() {
+            return Some(Vec::new());
+        }
+        // `after < last` here, so `after + 1` cannot overflow.
+        let start = (after + 1).checked_sub(inner.first)?;
+        Some(inner.frames.range(start as usize..).cloned().collect())
     }
 }
 
@@ -225,6 +285,7 @@ impl Drop for MemoryLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn log(max: usize) -> (MemoryLog, Arc<LogBudget>) {
         let budget = Arc::new(LogBudget::default());
@@ -333,6 +394,106 @@ mod tests {
         assert_eq!(log.read_after(0, 100), Read::Pending);
         let l2 = log.clone();
         tokio::spawn(async move { l2.append(None, "x") });
+        sub.changed().await;
+        assert!(matches!(log.read_after(0, 100), Read::Data { last: 1, .. }));
+    }
+    fn staged(max: usize) -> MemoryLog {
+        MemoryLog::staged(StreamId::random(), max, Arc::new(LogBudget::default()))
+    }
+
+    #[test]
+    fn staged_events_are_hidden_until_marked_durable() {
+        let log = staged(1 << 20);
+        for t in ["a", "b", "c"] {
+            log.append(None, t);
+        }
+        assert_eq!((log.last_seq(), log.durable_seq()), (3, 0));
+        assert_eq!(log.read_after(0, 1 << 20), Read::Pending, "nothing durable yet");
+        assert_eq!(log.read_after(1, 1 << 20), Read::Gone, "an id never shown");
+        let frames = log.frames_after(0).expect("all held");
+        assert_eq!(frames.len(), 3);
+        log.mark_durable(2);
+        let (t, last) = text(log.read_after(0, 1 << 20));
+        assert_eq!(last, 2, "reads stop at the durable mark");
+        assert!(t.contains("data: b") && !t.contains("data: c"), "{t}");
+        assert_eq!(log.read_after(2, 1 << 20), Read::Pending);
+        assert_eq!(log.read_after(3, 1 << 20), Read::Gone);
+        log.mark_durable(1);
+        assert_eq!(log.durable_seq(), 2, "the mark never goes back");
+        log.mark_durable(99);
+        assert_eq!(log.durable_seq(), 3, "nor past the last event");
+        assert_eq!(log.frames_after(3), Some(Vec::new()));
+        assert_eq!(log.frames_after(2).map(|f| f.len()), Some(1));
+    }
+
+    #[test]
+    fn a_staged_log_ends_only_once_closed_and_close_shows_everything() {
+        let log = staged(1 << 20);
+        log.append(None, "a");
+        log.append(Some("done"), "{}");
+        log.mark_durable(1);
+        assert_eq!(log.read_after(1, 1 << 20), Read::Pending);
+        log.close();
+        assert_eq!(log.durable_seq(), 2);
+        assert!(matches!(log.read_after(1, 1 << 20), Read::Data { last: 2, .. }));
+        assert_eq!(log.read_after(2, 1 << 20), Read::End);
+    }
+
+    #[test]
+    fn live_only_shows_every_append_until_staged_again() {
+        let log = staged(1 << 20);
+        log.append(None, "a");
+        log.set_live_only(true);
+        assert_eq!(log.durable_seq(), 1, "what was waiting is shown");
+        log.append(None, "b");
+        assert_eq!(log.durable_seq(), 2);
+        log.set_live_only(false);
+        log.append(None, "c");
+        assert_eq!(log.durable_seq(), 2, "staged again");
+        assert!(matches!(log.read_after(0, 1 << 20), Read::Data { last: 2, .. }));
+    }
+
+    #[test]
+    fn dropped_staged_events_are_reported_missing() {
+        let log = staged(1 << 20);
+        for _ in 0..4 {
+            log.append(None, "x");
+        }
+        log.mark_durable(2);
+        log.shrink_to(0);
+        assert_eq!(
+            log.frames_after(2),
+            None,
+            "events 3 and 4 never reached the store"
+        );
+        assert_eq!(
+            log.read_after(2, 1 << 20),
+            Read::Gone,
+            "a reader due them is evicted"
+        );
+        assert_eq!(log.frames_after(4), Some(Vec::new()));
+        // The per-log bound drops unconfirmed events too.
+        let small = staged(300);
+        for _ in 0..10 {
+            small.append(None, &"y".repeat(50));
+        }
+        assert!(small.first_seq() > 1);
+        assert_eq!(small.frames_after(0), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_wake_when_events_become_durable_not_when_staged() {
+        let log = Arc::new(staged(1 << 20));
+        let mut sub = log.subscribe();
+        sub.mark_seen();
+        log.append(None, "x");
+        let woke = tokio::time::timeout(Duration::from_secs(60), sub.changed()).await;
+        assert!(woke.is_err(), "a staged append wakes nobody");
+        let l2 = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            l2.mark_durable(1);
+        });
         sub.changed().await;
         assert!(matches!(log.read_after(0, 100), Read::Data { last: 1, .. }));
     }

@@ -1,14 +1,16 @@
 //! The stream log: re-framed events of one stream, ids assigned on append, read by cursors.
 //!
 //! A stream appends; every connection is a cursor that reads after a sequence number. Live delivery and
-//! replay are the same read. `MemoryLog` is the default store; a shared store (for several replicas)
-//! implements the same trait.
+//! replay are the same read. The replica reading a stream's upstream keeps its log in memory
+//! ([`MemoryLog`]); a staged log shows readers only what the stream store (`crate::store`) has
+//! confirmed, so an id a client was given can be asked for on any replica.
 
 mod memory;
 
 pub use memory::{LogBudget, MemoryLog};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
 use tokio::sync::watch;
 
 /// The result of reading a log after a sequence number.
@@ -27,6 +29,37 @@ pub enum Read {
     End,
     /// The position is no longer (or never was) in the log.
     Gone,
+}
+
+/// The frames `frames[start..end]` (at least one) coalesced into one chunk of at most `max_bytes`
+/// (or the first frame alone when it is larger), and how many frames it holds. One frame is shared,
+/// not copied.
+pub(crate) fn coalesce(
+    frames: &VecDeque<Bytes>,
+    start: usize,
+    end: usize,
+    max_bytes: usize,
+) -> (Bytes, usize) {
+    let Some(first) = frames.get(start) else {
+        return (Bytes::new(), 0);
+    };
+    let mut total = first.len();
+    let mut count = 1;
+    for f in frames.range(start + 1..end.min(frames.len())) {
+        if total + f.len() > max_bytes {
+            break;
+        }
+        total += f.len();
+        count += 1;
+    }
+    if count == 1 {
+        return (first.clone(), 1);
+    }
+    let mut buf = BytesMut::with_capacity(total);
+    for f in frames.range(start..start + count) {
+        buf.put_slice(f);
+    }
+    (buf.freeze(), count)
 }
 
 /// One stream's append-only event log.
@@ -53,6 +86,17 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Drops the oldest events until at most `max_bytes` are held (all of them if need be: the total
     /// memory bound wins over keeping a running stream's newest event). Seqs stay as they were.
     fn shrink_to(&self, max_bytes: usize);
+    /// Seq of the last event readers may see (0 before any): reads end there and ids past it are
+    /// `Gone`. It follows every append unless the log is staged.
+    fn durable_seq(&self) -> u64;
+    /// Makes the events up to `seq` visible (never past the last appended, never backwards).
+    fn mark_durable(&self, seq: u64);
+    /// Live-only (`true`): everything appended so far, and every later append, is visible at once.
+    /// `false` (a staged log): appends wait for [`StreamLog::mark_durable`] again.
+    fn set_live_only(&self, on: bool);
+    /// The encoded events after `after` up to the last appended (the first has seq `after + 1`;
+    /// empty when there are none); `None` when some of them were dropped.
+    fn frames_after(&self, after: u64) -> Option<Vec<Bytes>>;
 }
 
 /// Wakes a cursor when its log changes.

@@ -68,6 +68,8 @@ label_values! {
         Evicted => "evicted",
         /// [`ErrorCode::Internal`].
         Internal => "internal",
+        /// [`ErrorCode::UpstreamLost`].
+        UpstreamLost => "upstream_lost",
     }
 }
 
@@ -81,6 +83,7 @@ impl From<ErrorCode> for ErrorLabel {
             ErrorCode::Abandoned => ErrorLabel::Abandoned,
             ErrorCode::Evicted => ErrorLabel::Evicted,
             ErrorCode::Internal => ErrorLabel::Internal,
+            ErrorCode::UpstreamLost => ErrorLabel::UpstreamLost,
         }
     }
 }
@@ -112,6 +115,8 @@ label_values! {
         Gone => "gone",
         /// A malformed `Last-Event-ID` (`400`).
         BadRequest => "bad_request",
+        /// The stream store could not be asked (`503`).
+        Unavailable => "unavailable",
     }
 }
 
@@ -198,6 +203,26 @@ label_values! {
     }
 }
 
+label_values! {
+    /// `op` of `sse_proxy_store_errors_total`: the stream store operation that failed or stalled.
+    pub enum StoreOp: "op" {
+        /// Creating a stream's record.
+        Create => "create",
+        /// Appending a batch of frames.
+        Append => "append",
+        /// Ending a stream's record.
+        Finish => "finish",
+        /// Refreshing the reader's lease.
+        Refresh => "refresh",
+        /// Looking a stream up for a resume.
+        Meta => "meta",
+        /// Reading frames for a remote cursor.
+        Read => "read",
+        /// Waiting for frames for a remote cursor.
+        Wait => "wait",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +256,12 @@ mod tests {
                 "abandoned",
                 "evicted",
                 "internal",
+                "upstream_lost",
             ]
+        );
+        assert_eq!(
+            values::<StoreOp>(),
+            ["create", "append", "finish", "refresh", "meta", "read", "wait"]
         );
         assert_eq!(values::<EvictionKind>(), ["finished", "running"]);
         assert_eq!(values::<StatusClass>(), ["2xx", "3xx", "4xx", "5xx"]);

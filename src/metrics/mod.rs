@@ -10,7 +10,7 @@ mod labels;
 
 pub use labels::{
     ClientErrorReason, ErrorLabel, EvictionKind, FinishedOutcome, LabelValue, RejectReason, ReportOutcome,
-    ResumeResult, StatusClass,
+    ResumeResult, StatusClass, StoreOp,
 };
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
@@ -50,6 +50,8 @@ pub const REJECTED: &str = "sse_proxy_rejected_total";
 pub const CLIENT_ERRORS: &str = "sse_proxy_client_errors_total";
 /// Log evictions under the total byte budget, by `kind`.
 pub const EVICTIONS: &str = "sse_proxy_log_evictions_total";
+/// Stream store operations that failed or stalled, by `op`.
+pub const STORE_ERRORS: &str = "sse_proxy_store_errors_total";
 /// Requests passed through, by status class.
 pub const PASSTHROUGH: &str = "sse_proxy_passthrough_requests_total";
 /// Tokens per downstream batch.
@@ -195,6 +197,8 @@ pub struct Metrics {
     pub client_errors: Family<ClientErrorReason>,
     /// [`EVICTIONS`].
     pub evictions: Family<EvictionKind>,
+    /// [`STORE_ERRORS`].
+    pub store_errors: Family<StoreOp>,
     /// [`PASSTHROUGH`].
     pub passthrough: Family<StatusClass>,
     /// [`BATCH_TOKENS`].
@@ -242,6 +246,7 @@ impl Metrics {
             rejected: Family::register(recorder, REJECTED),
             client_errors: Family::register(recorder, CLIENT_ERRORS),
             evictions: Family::register(recorder, EVICTIONS),
+            store_errors: Family::register(recorder, STORE_ERRORS),
             passthrough: Family::register(recorder, PASSTHROUGH),
             batch_tokens: histogram(BATCH_TOKENS),
             ttft: histogram(TTFT),
@@ -304,6 +309,10 @@ fn describe<R: Recorder + ?Sized>(r: &R) {
         "Requests refused because of the client's own request (a malformed, slow or too large body), by reason.",
     );
     counter(EVICTIONS, "Log evictions under resume.max_total_bytes, by kind.");
+    counter(
+        STORE_ERRORS,
+        "Stream store operations that failed or stalled, by op (the streams went on live-only).",
+    );
     counter(PASSTHROUGH, "Requests passed through unchanged, by status class.");
     histogram(BATCH_TOKENS, None, "Tokens per downstream batch.");
     histogram(TTFT, Some(Unit::Seconds), "Request arrival to first token sent.");

@@ -18,11 +18,13 @@ pub enum ErrorCode {
     Evicted,
     /// The proxy itself failed while streaming.
     Internal,
+    /// The replica reading the answer stopped renewing its lease before the answer was complete.
+    UpstreamLost,
 }
 
 impl ErrorCode {
     /// Every code, in the order `PROTOCOL.md` lists them.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::UpstreamReset,
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamMalformed,
@@ -30,6 +32,7 @@ impl ErrorCode {
         ErrorCode::Abandoned,
         ErrorCode::Evicted,
         ErrorCode::Internal,
+        ErrorCode::UpstreamLost,
     ];
 
     /// The wire and metric code.
@@ -42,6 +45,7 @@ impl ErrorCode {
             ErrorCode::Abandoned => "abandoned",
             ErrorCode::Evicted => "evicted",
             ErrorCode::Internal => "internal",
+            ErrorCode::UpstreamLost => "upstream_lost",
         }
     }
 
@@ -55,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Abandoned => "nobody was listening; the answer was stopped",
             ErrorCode::Evicted => "this connection fell too far behind and the events it missed were dropped",
             ErrorCode::Internal => "the proxy failed while streaming this answer",
+            ErrorCode::UpstreamLost => "the proxy reading this answer stopped before it was complete",
         }
     }
 
@@ -62,7 +67,10 @@ impl ErrorCode {
     pub fn recoverable(self) -> bool {
         !matches!(
             self,
-            ErrorCode::UpstreamMalformed | ErrorCode::Abandoned | ErrorCode::Evicted
+            ErrorCode::UpstreamMalformed
+                | ErrorCode::Abandoned
+                | ErrorCode::Evicted
+                | ErrorCode::UpstreamLost
         )
     }
 }
@@ -87,6 +95,7 @@ mod tests {
                 ("abandoned", false),
                 ("evicted", false),
                 ("internal", true),
+                ("upstream_lost", false),
             ]
         );
     }

@@ -2,16 +2,19 @@
 //!
 //! It runs as its own task, independent of any client connection: connections come and go as
 //! cursors over the log while this task keeps reading until the answer ends, the owner cancels, the
-//! stream is abandoned, or the proxy shuts down.
+//! stream is abandoned, or the proxy shuts down. Appends to the log are local and synchronous; the
+//! store writer sends them to the stream store a batch at a time, and cursors see them once stored.
 
 pub mod batcher;
 pub mod body;
+mod store_writer;
 pub mod token;
 
 use crate::metrics::Metrics;
 use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
+use crate::store::{self, NewStream};
 use crate::stream::{Outcome, Registry, Slot, Stream};
 use batcher::{Batcher, Limits};
 use body::BodyError;
@@ -20,6 +23,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
+use store_writer::StoreWriter;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +74,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Progress events, when enabled.
     pub progress: Option<ProgressEvents>,
+    /// Where every stream's events are written.
+    pub store: store::Handle,
 }
 
 /// Why the reader stopped, and what the stream's last event says.
@@ -100,6 +106,7 @@ pub struct Reader<B> {
     route: Arc<RouteSettings>,
     settings: ReaderSettings,
     registry: Arc<Registry>,
+    store: store::Handle,
     parser: Parser,
     batcher: Batcher,
     progress: Option<Tracker>,
@@ -107,6 +114,8 @@ pub struct Reader<B> {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     tokens: u64,
+    /// Seq of the last event appended to the log.
+    appended: u64,
     metrics: Arc<Metrics>,
     _slot: Slot,
 }
@@ -144,11 +153,13 @@ where
             route,
             settings,
             registry: shared.registry.clone(),
+            store: shared.store.clone(),
             progress,
             arrived,
             first_token: None,
             last_token: None,
             tokens: 0,
+            appended: 0,
             _slot: slot,
         }
     }
@@ -158,8 +169,24 @@ where
     pub async fn run(mut self, shutdown: CancellationToken) {
         let _guard = EndGuard(self.stream.clone(), self.metrics.clone());
         self.metrics.streams_started.increment(1);
-        let end = self.drive(shutdown).await;
+        let handle = self.store.clone();
+        let record = NewStream {
+            owner: self.stream.owner,
+            route: self.route.label.to_string(),
+            model: self.stream.model.clone(),
+            replica: handle.replica.to_string(),
+        };
+        let mut writer = StoreWriter::new(
+            &*handle.store,
+            handle.lease,
+            &self.stream,
+            record,
+            self.metrics.clone(),
+        );
+        let end = self.drive(shutdown, &mut writer).await;
         let outcome = self.write_end(end);
+        // Local clients get the end only once the store has it (or has failed to take it).
+        writer.finish(outcome, self.appended).await;
         self.stream.finish(outcome);
         self.stream.log.close();
         self.record(outcome);
@@ -170,7 +197,7 @@ where
         );
     }
 
-    async fn drive(&mut self, shutdown: CancellationToken) -> End {
+    async fn drive(&mut self, shutdown: CancellationToken, writer: &mut StoreWriter<'_>) -> End {
         let mut followers = self.stream.watch_followers();
         let mut detached_since = (*followers.borrow_and_update() == 0).then(Instant::now);
         let mut shutdown_at: Option<Instant> = None;
@@ -182,6 +209,9 @@ where
                 return End::Cancelled;
             }
             let batch_at = self.batcher.deadline();
+            if writer.kick(self.appended).is_err() {
+                return End::Error(ErrorCode::UpstreamLost);
+            }
             tokio::select! {
                 biased;
                 _ = stream.cancelled() => return End::Cancelled,
@@ -200,6 +230,11 @@ where
                         (0, since) => since,
                         _ => None,
                     };
+                }
+                done = writer.next() => {
+                    if writer.handle(done).is_err() {
+                        return End::Error(ErrorCode::UpstreamLost);
+                    }
                 }
                 _ = sleep_opt(batch_at) => self.flush(Instant::now()),
                 frame = timeout_at(idle_at, self.body.frame()) => match frame {
@@ -273,9 +308,10 @@ where
         terminal.then_some(End::Terminal)
     }
 
-    fn append(&self, event: Option<&str>, data: &str) {
+    fn append(&mut self, event: Option<&str>, data: &str) {
         let event = event.filter(|e| *e != protocol::EVENT_MESSAGE);
-        self.stream.log.append(event, data);
+        let seq = self.stream.log.append(event, data);
+        self.appended = self.appended.max(seq);
         self.metrics.downstream_events.increment(1);
         self.registry.enforce_budget();
     }
@@ -314,7 +350,7 @@ where
         }
     }
 
-    fn append_progress(&self, snap: &impl serde::Serialize) {
+    fn append_progress(&mut self, snap: &impl serde::Serialize) {
         if let Ok(data) = serde_json::to_string(snap) {
             self.append(Some(protocol::EVENT_PROGRESS), &data);
         }
@@ -405,8 +441,307 @@ async fn sleep_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::{Cursor, CursorSettings};
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog, Read};
+    use crate::store::gate::Gate;
+    use crate::store::{Batch, MemoryStore, State as StoreState, Store, StoreSettings};
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use std::pin::Pin;
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+
+    type Frames = Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, BodyError>> + Send>>;
+
+    /// A reader started on a staged log behind `gate`, fed by `tx`, with one cursor attached.
+    struct Running {
+        stream: Arc<Stream>,
+        tx: mpsc::UnboundedSender<Bytes>,
+        cursor: Cursor,
+    }
+
+    fn memory_store() -> Arc<MemoryStore> {
+        let settings = StoreSettings {
+            max_stream_bytes: 1 << 20,
+            lease: Duration::from_secs(5),
+            retention: Duration::from_secs(60),
+        };
+        Arc::new(MemoryStore::new(settings, usize::MAX))
+    }
+
+    fn start(gate: Arc<Gate>, max_log: usize) -> Running {
+        let metrics = Arc::new(Metrics::noop());
+        let id = StreamId::random();
+        let budget = Arc::new(LogBudget::default());
+        let registry = Arc::new(Registry::new(
+            budget.clone(),
+            10,
+            10,
+            1 << 30,
+            Duration::from_secs(60),
+            metrics.clone(),
+        ));
+        let log = Arc::new(MemoryLog::staged(id, max_log, budget));
+        let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
+        registry.insert(stream.clone());
+        let slot = registry.reserve(None).expect("slot");
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let frames: Frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+        }));
+        let route = Arc::new(RouteSettings {
+            label: "/r".into(),
+            token_event: "message".into(),
+            token_path: None,
+            terminal_events: vec!["done".into()],
+        });
+        let shared = Shared {
+            settings: ReaderSettings {
+                batching: Limits {
+                    max_delay: Duration::from_millis(100),
+                    max_tokens: 1,
+                    max_bytes: 4096,
+                    adaptive: false,
+                },
+                idle_timeout: Duration::from_secs(600),
+                max_event_bytes: 1 << 20,
+                detach_grace: Duration::from_secs(600),
+                cancel_on_disconnect: false,
+                shutdown_grace: Duration::from_secs(30),
+            },
+            registry,
+            progress: None,
+            store: store::Handle::new(gate, Duration::from_secs(5)),
+        };
+        let follower = stream.attach(4).expect("attach");
+        let cursor_settings = CursorSettings {
+            heartbeat: Duration::from_secs(15),
+            max_write_bytes: 1 << 16,
+        };
+        let cursor = Cursor::new(
+            follower,
+            0,
+            Bytes::from_static(b"retry: 1000\n\n"),
+            cursor_settings,
+            metrics,
+        );
+        let body = StreamBody::new(frames);
+        let reader = Reader::new(stream.clone(), body, route, &shared, slot, Instant::now());
+        tokio::spawn(reader.run(CancellationToken::new()));
+        Running { stream, tx, cursor }
+    }
+
+    impl Running {
+        fn send(&self, token: &str) {
+            self.tx
+                .send(Bytes::from(format!("data: {token}\n\n")))
+                .expect("reader reads");
+        }
+
+        fn done(&self) {
+            self.tx
+                .send(Bytes::from_static(b"event: done\ndata: {}\n\n"))
+                .expect("reader reads");
+        }
+
+        /// Chunks until one contains `needle` (heartbeats would show up as chunks too).
+        async fn read_until(&mut self, needle: &str) -> String {
+            let mut seen = String::new();
+            while !seen.contains(needle) {
+                let chunk = self.cursor.next_chunk().await.expect("the stream goes on");
+                let chunk = String::from_utf8_lossy(&chunk).into_owned();
+                assert!(!chunk.starts_with(':'), "no heartbeat expected: {seen}");
+                seen.push_str(&chunk);
+            }
+            seen
+        }
+    }
+
+    /// Lets the other tasks run until `f` holds; the clock does not move.
+    async fn until(mut f: impl FnMut() -> bool) {
+        for _ in 0..100_000 {
+            if f() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the condition never held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_reach_cursors_only_once_the_store_has_them() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        gate.close();
+        let mut r = start(gate.clone(), 1 << 20);
+        assert_eq!(
+            &r.cursor.next_chunk().await.expect("preamble")[..],
+            b"retry: 1000\n\n"
+        );
+        r.send("a");
+        until(|| r.stream.log.last_seq() == 1 && gate.waiting() == 1).await;
+        assert_eq!(r.stream.log.durable_seq(), 0);
+        // Not shown although it is in the local log (waiting less than the stall guard).
+        let early = timeout(Duration::from_millis(900), r.cursor.next_chunk()).await;
+        assert!(early.is_err(), "shown before the store had it: {early:?}");
+        r.send("b");
+        r.send("c");
+        until(|| r.stream.log.last_seq() == 3).await;
+        gate.open();
+        let seen = r.read_until(r#""content":"c""#).await;
+        assert!(seen.contains("\"a\"") && seen.contains("\"b\""), "{seen}");
+        assert_eq!(gate.appends(), [(1, 3)], "one append for what waited");
+
+        // Events appended while a batch is in flight go together in the next one.
+        gate.close();
+        r.send("d");
+        until(|| r.stream.log.last_seq() == 4 && gate.waiting() == 1).await;
+        r.send("e");
+        r.send("f");
+        until(|| r.stream.log.last_seq() == 6).await;
+        assert_eq!(r.stream.log.durable_seq(), 3);
+        gate.open();
+        r.read_until(r#""content":"f""#).await;
+        assert_eq!(gate.appends(), [(1, 3), (4, 1), (5, 2)]);
+
+        r.done();
+        r.read_until("event: done").await;
+        assert!(
+            r.cursor.next_chunk().await.is_none(),
+            "the end follows the store's"
+        );
+        let meta = memory.meta(r.stream.id).await.expect("in the store");
+        assert_eq!(meta.state, StoreState::Finished(Outcome::Completed));
+        assert_eq!(meta.last_seq, 7);
+        assert_eq!(
+            memory.read(r.stream.id, 0, usize::MAX).await,
+            Ok(r.stream.log.read_after(0, usize::MAX))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_store_leaves_the_answer_live_then_catches_up() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        gate.fail(true);
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        r.send("b");
+        r.read_until(r#""content":"b""#).await;
+        assert_eq!(
+            memory.meta(r.stream.id).await.map(|m| m.last_seq),
+            Err(crate::store::StoreError::NotFound)
+        );
+        // Back: the writer creates the record and sends everything it missed.
+        gate.fail(false);
+        let id = r.stream.id;
+        let mut caught_up = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if memory.meta(id).await.is_ok_and(|m| m.last_seq == 2) {
+                caught_up = true;
+                break;
+            }
+        }
+        assert!(caught_up, "the store got the events it missed");
+        // Staged again: the next event is shown once stored.
+        gate.close();
+        r.send("c");
+        until(|| r.stream.log.last_seq() == 3 && gate.waiting() == 1).await;
+        assert_eq!(r.stream.log.durable_seq(), 2);
+        gate.open();
+        r.read_until(r#""content":"c""#).await;
+        r.done();
+        r.read_until("event: done").await;
+        let meta = memory.meta(id).await.expect("meta");
+        assert_eq!(
+            (meta.state, meta.last_seq),
+            (StoreState::Finished(Outcome::Completed), 4)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_does_not_answer_leaves_the_answer_live() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        gate.close();
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        r.send("a");
+        until(|| r.stream.log.last_seq() == 1).await;
+        let t0 = Instant::now();
+        r.read_until(r#""content":"a""#).await;
+        let waited = Instant::now() - t0;
+        assert!(
+            waited >= Duration::from_secs(1),
+            "shown after the stall guard: {waited:?}"
+        );
+        assert!(waited <= Duration::from_millis(1500), "{waited:?}");
+        r.send("b");
+        r.read_until(r#""content":"b""#).await;
+        // Once the store answers, it gets everything and the stream is staged again.
+        gate.open();
+        until(|| gate.appends() == [(1, 2)]).await;
+        r.done();
+        r.read_until("event: done").await;
+        let meta = memory.meta(r.stream.id).await.expect("meta");
+        assert_eq!(
+            (meta.state, meta.last_seq),
+            (StoreState::Finished(Outcome::Completed), 3)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_declared_lost_elsewhere_stops_reading() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        // Another replica ended it as lost.
+        let lost = memory
+            .finish(r.stream.id, Outcome::Error, Batch::new(2, Vec::new()))
+            .await;
+        assert_eq!(lost, Ok(Outcome::Error));
+        r.send("b");
+        let seen = r.read_until("event: error").await;
+        assert!(seen.contains("\"code\":\"upstream_lost\""), "{seen}");
+        assert!(r.cursor.next_chunk().await.is_none());
+        until(|| r.tx.is_closed()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_dropped_before_the_store_had_them_end_its_copy_not_the_answer() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        gate.close();
+        let mut r = start(gate.clone(), 400);
+        r.cursor.next_chunk().await;
+        for i in 0..10 {
+            r.send(&format!("token-{i}-{}", "x".repeat(40)));
+        }
+        until(|| r.stream.log.last_seq() == 10).await;
+        assert!(r.stream.log.first_seq() > 1, "the log bound dropped events");
+        gate.open();
+        let chunk = r.cursor.next_chunk().await.expect("chunk");
+        assert!(String::from_utf8_lossy(&chunk).contains("\"code\":\"evicted\""));
+        until(|| r.stream.log.durable_seq() == 10).await;
+        let meta = memory.meta(r.stream.id).await.expect("meta");
+        assert_eq!(meta.state, StoreState::Finished(Outcome::Error), "its copy ends");
+        let terminal = meta.terminal.expect("terminal");
+        assert!(String::from_utf8_lossy(&terminal).contains("evicted"));
+        // The answer goes on here, live-only.
+        r.send("late");
+        until(|| r.stream.log.durable_seq() == 11).await;
+        assert!(matches!(
+            r.stream.log.read_after(10, 1 << 20),
+            Read::Data { last: 11, .. }
+        ));
+    }
 
     fn running_stream() -> Arc<Stream> {
         let id = StreamId::random();

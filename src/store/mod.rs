@@ -10,6 +10,8 @@
 
 #[cfg(any(test, feature = "store-contract"))]
 pub mod contract;
+#[cfg(any(test, feature = "store-contract"))]
+pub mod gate;
 mod memory;
 mod record;
 
@@ -22,8 +24,56 @@ use crate::stream::Outcome;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The lease a replica holds on the streams it reads; it refreshes it every third of it.
+pub const LEASE: Duration = Duration::from_secs(5);
+
+/// The store a proxy writes its streams to, and how its own streams are recorded there.
+#[derive(Clone)]
+pub struct Handle {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// This process's name in the records of the streams it reads: unique per process, so that a
+    /// restarted proxy is another replica.
+    pub replica: Arc<str>,
+    /// The store's lease (see [`StoreSettings::lease`]).
+    pub lease: Duration,
+}
+
+impl Handle {
+    /// `store`, written to by this process under a fresh replica name.
+    pub fn new(store: Arc<dyn Store>, lease: Duration) -> Self {
+        Handle {
+            store,
+            replica: replica_name().into(),
+            lease,
+        }
+    }
+
+    /// A [`MemoryStore`] with `settings`, holding at most `max_total_bytes`.
+    pub fn memory(settings: StoreSettings, max_total_bytes: usize) -> Self {
+        Self::new(
+            Arc::new(MemoryStore::new(settings, max_total_bytes)),
+            settings.lease,
+        )
+    }
+}
+
+/// `<host>-<random>`: the host (`HOSTNAME`, a pod's name on Kubernetes) for people, the random part
+/// so that two processes never share a name.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
+        .take(64)
+        .collect();
+    let host = if host.is_empty() { "sse-proxy" } else { &host };
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
 
 /// A boxed future, so that [`Store`] can be used as `Arc<dyn Store>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

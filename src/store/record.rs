@@ -2,7 +2,7 @@
 
 use super::{Batch, Meta, NewStream, Read, State, StoreError, Trim};
 use crate::stream::Outcome;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -130,30 +130,13 @@ impl Record {
             return Read::Gone;
         }
         let start = (after + 1 - self.first) as usize;
-        let Some(first) = self.frames.get(start) else {
+        if start >= self.frames.len() {
             return match self.state {
                 State::Running => Read::Pending,
                 State::Finished(_) => Read::End,
             };
-        };
-        let mut total = first.len();
-        let mut count = 1;
-        for f in self.frames.range(start + 1..) {
-            if total + f.len() > max_bytes {
-                break;
-            }
-            total += f.len();
-            count += 1;
         }
-        let chunk = if count == 1 {
-            first.clone()
-        } else {
-            let mut buf = BytesMut::with_capacity(total);
-            for f in self.frames.range(start..start + count) {
-                buf.put_slice(f);
-            }
-            buf.freeze()
-        };
+        let (chunk, count) = crate::log::coalesce(&self.frames, start, self.frames.len(), max_bytes);
         Read::Data {
             chunk,
             last: after + count as u64,
