@@ -1,54 +1,34 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/streams`.
+//! The admin listener's routes: `/metrics`, `/healthz`, `/readyz`, `/streams` (served by [`crate::server`]).
 
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Serves the admin routes until `stop` fires.
-pub async fn serve(listener: TcpListener, app: Arc<App>, metrics: PrometheusHandle, stop: CancellationToken) {
-    // The recorder does not clean up its histograms by itself when we serve /metrics ourselves.
-    let upkeep = metrics.clone();
-    let upkeep_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = upkeep_stop.cancelled() => return,
-                _ = tick.tick() => upkeep.run_upkeep(),
-            }
-        }
-    });
-    let builder = crate::server::builder(Duration::from_secs(10));
+/// Connections the admin listener serves at once: enough for probes, scrapers and an operator;
+/// more wait in the accept queue, so a flood cannot take file descriptors from the main listener.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How often the recorder's histograms are cleaned up: it does not do it by itself when the
+/// proxy serves `/metrics` itself.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the recorder's upkeep until `stop` fires.
+pub async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
     loop {
-        let Some((tcp, _)) = crate::server::accept(&listener, &stop).await else {
-            return;
-        };
-        let app = app.clone();
-        let metrics = metrics.clone();
-        let svc = service_fn(move |req| {
-            let resp = route(&app, &metrics, &req);
-            async move { Ok::<_, Infallible>(resp) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended");
-            }
-        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => metrics.run_upkeep(),
+        }
     }
 }
 
-fn route(app: &App, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Response<ProxyBody> {
+/// Answers one admin request: `GET /metrics`, `/healthz`, `/readyz`, `/streams`.
+pub fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
         return http_util::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -91,5 +71,64 @@ fn route(app: &App, metrics: &PrometheusHandle, req: &Request<Incoming>) -> Resp
             "not_found",
             "try /metrics, /healthz, /readyz or /streams",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::test_app;
+    use http_body_util::BodyExt;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    async fn get(app: &App, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("request");
+        let resp = handle(app, &metrics, &req);
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn admin_routes_report_the_state() {
+        let app = test_app("");
+        assert_eq!(get(&app, Method::GET, "/healthz").await.0, StatusCode::OK);
+        let (status, streams) = get(&app, Method::GET, "/streams").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            (streams["running"].as_u64(), streams["log_bytes"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(get(&app, Method::GET, "/readyz").await.1["status"], "ready");
+        app.shutdown.cancel();
+        let (status, body) = get(&app, Method::GET, "/readyz").await;
+        assert_eq!(
+            (status, &body["status"]),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!("shutting_down")
+            )
+        );
+        assert_eq!(
+            get(&app, Method::POST, "/healthz").await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(get(&app, Method::GET, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn readyz_says_when_no_connection_slot_is_left() {
+        let app = test_app("[server]\nmax_connections = 1\n");
+        let _slot = app.connections.clone().try_acquire_owned().expect("a slot");
+        let (status, body) = get(&app, Method::GET, "/readyz").await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!("at_capacity"))
+        );
     }
 }

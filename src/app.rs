@@ -1,45 +1,42 @@
-//! The proxy's shared state and the dispatch of main-listener requests.
+//! The proxy's shared state: settings, the backend client, the streams, and the limits every
+//! request checks. Which handler answers a request is decided in [`crate::handlers`].
 
-use crate::config::Config;
-use crate::handlers;
-use crate::http_util::ProxyBody;
 use crate::identity::IdentityRule;
+use crate::log::LogBudget;
 use crate::metrics::Metrics;
 use crate::progress::Learner;
-use crate::reframe::{batcher, ReaderSettings, RouteSettings};
+use crate::rate_limit::RateLimit;
+use crate::reframe::{self, ProgressEvents};
+use crate::settings::Settings;
 use crate::store::{self, StoreSettings};
 use crate::stream::Registry;
 use crate::upstream::Upstream;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// State shared by every request.
 pub struct App {
-    /// The configuration.
-    pub cfg: Arc<Config>,
+    /// The settings.
+    pub settings: Arc<Settings>,
     /// The backend client.
     pub upstream: Upstream,
     /// All streams.
     pub registry: Arc<Registry>,
     /// Who owns a stream.
     pub identity: IdentityRule,
-    /// Per-route reader settings, in `cfg.streams` order.
-    pub routes: Vec<Arc<RouteSettings>>,
-    /// Settings shared by every stream reader.
-    pub reader: Arc<ReaderSettings>,
+    /// What every stream's reader shares.
+    pub readers: Arc<reframe::Shared>,
     /// Learned answer lengths, when progress is on.
     pub learner: Option<Arc<Learner>>,
     /// Fires when shutdown starts.
     pub shutdown: CancellationToken,
     /// Client connections served at once: `server.max_connections` (`/readyz` says when none is left).
-    pub connections: Arc<tokio::sync::Semaphore>,
+    pub connections: Arc<Semaphore>,
     /// Upgraded (WebSocket) tunnels open at most: `server.max_connections`.
-    pub tunnels: Arc<tokio::sync::Semaphore>,
-    /// Client-metrics rate limiter.
-    pub client_reports: handlers::client_metrics::RateLimit,
+    pub tunnels: Arc<Semaphore>,
+    /// Client-metrics rate limiter (`client_metrics.per_second`).
+    pub client_reports: RateLimit,
     /// What every request and stream counts into.
     pub metrics: Arc<Metrics>,
     /// The stream store: every stream's events, for resumes of streams this process does not hold.
@@ -47,101 +44,87 @@ pub struct App {
 }
 
 /// The memory store, bounded like the local logs.
-fn memory_store(cfg: &Config) -> store::Handle {
-    let settings = StoreSettings {
-        max_stream_bytes: cfg.resume.max_stream_bytes.bytes(),
+fn memory_store(settings: &Settings) -> store::Handle {
+    let store = StoreSettings {
+        max_stream_bytes: settings.resume.max_stream_bytes,
         lease: store::LEASE,
-        retention: cfg.resume.retention.0,
+        retention: settings.resume.retention,
     };
-    store::Handle::memory(settings, cfg.resume.max_total_bytes.bytes())
+    store::Handle::memory(store, settings.resume.max_total_bytes)
 }
 
 impl App {
-    /// Builds the state for a validated config, counting into `metrics`, with a memory store.
+    /// The state for `settings`, counting into `metrics`, with a memory store; `learner` is used
+    /// when progress is on.
     pub fn new(
-        cfg: Config,
+        settings: Settings,
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let store = memory_store(&cfg);
-        Self::with_store(cfg, learner, shutdown, metrics, store)
+        let store = memory_store(&settings);
+        Self::with_store(settings, learner, shutdown, metrics, store)
     }
 
-    /// Builds the state for a validated config, counting into `metrics`, writing streams to `store`.
+    /// The state for `settings`, counting into `metrics`, writing streams to `store`.
     pub fn with_store(
-        cfg: Config,
+        settings: Settings,
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
         store: store::Handle,
     ) -> Self {
-        let budget = Arc::new(crate::log::LogBudget::new(metrics.log_bytes.clone()));
         let registry = Arc::new(Registry::new(
-            budget,
-            cfg.limits.max_streams,
-            cfg.limits.max_streams_per_identity,
-            cfg.resume.max_total_bytes.bytes(),
-            cfg.resume.retention.0,
+            Arc::new(LogBudget::new(metrics.log_bytes.clone())),
+            settings.limits.max_streams,
+            settings.limits.max_streams_per_identity,
+            settings.resume.max_total_bytes,
+            settings.resume.retention,
             metrics.clone(),
         ));
-        let reader = Arc::new(ReaderSettings {
-            batching: batcher::Limits {
-                max_delay: cfg.batching.max_delay.0,
-                max_tokens: cfg.batching.max_tokens,
-                max_bytes: cfg.batching.max_bytes.bytes(),
-                adaptive: cfg.batching.adaptive,
-            },
-            idle_timeout: cfg.upstream.idle_timeout.0,
-            max_event_bytes: cfg.upstream.max_event_bytes.bytes(),
-            detach_grace: cfg.resume.detach_grace.0,
-            cancel_on_disconnect: cfg.resume.on_disconnect == crate::config::OnDisconnect::Cancel,
-            shutdown_grace: cfg.server.shutdown_grace.0,
-            progress: learner
-                .clone()
-                .filter(|_| cfg.progress.enabled)
-                .map(|l| (l, cfg.progress.every_tokens, cfg.progress.min_interval.0)),
+        let progress = settings
+            .progress
+            .as_ref()
+            .zip(learner.clone())
+            .map(|(p, learner)| ProgressEvents {
+                learner,
+                cadence: p.cadence,
+            });
+        let readers = Arc::new(reframe::Shared {
+            settings: settings.reader,
+            registry: registry.clone(),
+            progress,
             store: store.clone(),
         });
+        let per_second = settings.client_metrics.map_or(0, |c| c.per_second);
         App {
-            upstream: Upstream::new(&cfg.upstream),
-            identity: IdentityRule::new(cfg.identity.from.clone()),
-            routes: cfg
-                .streams
-                .iter()
-                .map(|r| Arc::new(RouteSettings::new(r)))
-                .collect(),
-            client_reports: handlers::client_metrics::RateLimit::new(cfg.client_metrics.per_second),
-            connections: Arc::new(tokio::sync::Semaphore::new(cfg.server.max_connections)),
-            tunnels: Arc::new(tokio::sync::Semaphore::new(cfg.server.max_connections)),
-            cfg: Arc::new(cfg),
+            upstream: Upstream::new(&settings.upstream),
+            identity: IdentityRule::new(settings.identity.clone()),
+            client_reports: RateLimit::new(per_second),
+            connections: Arc::new(Semaphore::new(settings.server.max_connections)),
+            tunnels: Arc::new(Semaphore::new(settings.server.max_connections)),
+            settings: Arc::new(settings),
             registry,
-            reader,
+            readers,
             learner,
             shutdown,
             metrics,
             store,
         }
     }
+}
 
-    /// Handles one request from the main listener.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let arrived = tokio::time::Instant::now();
-        if let Some(resp) = handlers::own_method(&req) {
-            return resp;
-        }
-        let path = req.uri().path();
-        if let Some(own) = path
-            .strip_prefix(self.cfg.server.route_prefix.as_str())
-            .filter(|rest| rest.starts_with('/'))
-        {
-            let own = own.to_string();
-            return handlers::own::handle(&self, &own, req).await;
-        }
-        let method_ok = matches!(*req.method(), http::Method::GET | http::Method::POST);
-        match self.cfg.stream_route(path) {
-            Some((idx, _)) if method_ok => handlers::stream::handle(&self, idx, req, peer, arrived).await,
-            _ => handlers::passthrough::handle(&self, req, peer).await,
-        }
-    }
+/// A state for handler tests: the base config plus `extra` TOML, no sockets, a backend that is
+/// never asked (nothing listens on port 9).
+#[cfg(test)]
+pub(crate) fn test_app(extra: &str) -> Arc<App> {
+    let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[[stream]]\npath = \"/stream\"\n{extra}");
+    let cfg = crate::config::Config::from_toml_str(&text, "<test>").expect("valid test config");
+    let metrics = Arc::new(Metrics::noop());
+    Arc::new(App::new(
+        Settings::build(&cfg),
+        None,
+        CancellationToken::new(),
+        metrics,
+    ))
 }

@@ -1,4 +1,4 @@
-//! One client connection on the main listener, from accept to close.
+//! One client connection, from accept to close (on every listener: main, admin, demo backend).
 //!
 //! hyper serves the connection (HTTP/1.1 or h2c); a watcher races it against two deadlines:
 //! - until the first request head is complete, `header_read_timeout` from accept. hyper's own
@@ -18,11 +18,12 @@
 //! the kernel's SYN retries. A client that sends its request right after connecting is in that set
 //! for well under a millisecond; a connection with a request in flight is never closed for room.
 
-use crate::app::App;
-use crate::http_util::{BoxError, ProxyBody};
+use crate::http_util::{BoxError, ProxyBody, RequestBody};
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -41,6 +42,43 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// What a listener does with a request: a plain async function of the request and the address
+/// of the client that sent it.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The response, once ready.
+    type Future: Future<Output = Response<ProxyBody>> + Send + 'static;
+    /// Answers `req` from `peer`.
+    fn call(&self, req: Request<RequestBody>, peer: SocketAddr) -> Self::Future;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn call(&self, req: Request<RequestBody>, peer: SocketAddr) -> Fut {
+        self(req, peer)
+    }
+}
+
+/// What every connection of one listener shares.
+pub struct Shared<H> {
+    /// Serves HTTP/1.1 and h2c.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// Connections without a complete request head yet.
+    pub awaiting: Arc<AwaitingHead>,
+    /// Deadlines of each connection.
+    pub timeouts: Timeouts,
+    /// Fires to close the connections gracefully.
+    pub shutdown: CancellationToken,
+    /// Where open connections are counted (`sse_proxy_connections_active`); the main listener's.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Answers the requests.
+    pub handler: H,
+}
 
 /// The deadlines of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -322,24 +360,19 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
-/// Serves one accepted connection with `app` until it ends or the watcher closes it; `permit`
-/// (its `max_connections` slot) is held until then.
-/// Until its first request head, the connection is in `awaiting` (and may be closed for room).
-pub fn serve(
-    builder: &auto::Builder<TokioExecutor>,
+/// Serves one accepted connection with `shared.handler` until it ends or the watcher closes it;
+/// `permit` (its connection slot) is held until then. Until its first request head, the
+/// connection is in `shared.awaiting` (and may be closed for room).
+pub fn serve<H: Handler>(
     tcp: TcpStream,
     peer: SocketAddr,
-    app: Arc<App>,
     permit: OwnedSemaphorePermit,
-    awaiting: &Arc<AwaitingHead>,
+    shared: &Shared<H>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let timeouts = Timeouts {
-        header_read: app.cfg.server.header_read_timeout.0,
-        idle: app.cfg.server.idle_timeout.0,
-    };
-    let shutdown = app.shutdown.clone();
-    let open = app.metrics.connections_active.clone();
-    let place = awaiting.join();
+    let timeouts = shared.timeouts;
+    let shutdown = shared.shutdown.clone();
+    let open = shared.metrics.as_ref().map(|m| m.connections_active.clone());
+    let place = shared.awaiting.join();
     let evict = place.evict.clone();
     let activity = Activity::new(Some(place));
     let io = WatchedIo {
@@ -347,24 +380,30 @@ pub fn serve(
         activity: activity.clone(),
     };
     let tracker = activity.clone();
+    let handler = shared.handler.clone();
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
         let in_flight = tracker.begin(req.version());
-        let app = app.clone();
+        let resp = handler.call(req.map(BodyExt::boxed), peer);
         async move {
-            let resp: Response<ProxyBody> = app.handle(req, peer).await;
+            let resp: Response<ProxyBody> = resp.await;
             Ok::<_, Infallible>(resp.map(|inner| TrackedBody {
                 inner,
                 in_flight: Some(in_flight),
             }))
         }
     });
-    let conn = builder
+    let conn = shared
+        .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     async move {
-        open.increment(1.0);
+        if let Some(open) = &open {
+            open.increment(1.0);
+        }
         watch(conn, &activity, timeouts, &shutdown, &evict).await;
-        open.decrement(1.0);
+        if let Some(open) = &open {
+            open.decrement(1.0);
+        }
         drop(permit);
     }
 }

@@ -1,21 +1,21 @@
 //! `sse-proxy demo`: a synthetic LLM backend on loopback with the proxy in front of it.
 
+use crate::client_conn::Timeouts;
 use crate::config::Config;
-use crate::http_util::{self, ProxyBody};
+use crate::http_util::{self, ProxyBody, RequestBody};
+use crate::listener;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const SENTENCES: &[&str] = &[
@@ -64,7 +64,7 @@ fn sse(event: Option<&str>, data: &str) -> Bytes {
 }
 
 /// The synthetic backend: `GET /api/question/stream?question=..` streams thinking, tokens, done.
-async fn backend(req: Request<Incoming>) -> Response<ProxyBody> {
+fn backend(req: &Request<RequestBody>) -> Response<ProxyBody> {
     let uri = req.uri().clone();
     match uri.path() {
         "/api/question/stream" => {
@@ -118,27 +118,25 @@ async fn backend(req: Request<Incoming>) -> Response<ProxyBody> {
     }
 }
 
+/// Connections the demo backend serves at once (the proxy in front pools its connections).
+const BACKEND_MAX_CONNECTIONS: usize = 256;
+
 /// Starts the synthetic backend on a loopback port; returns its address.
 pub async fn start_backend(stop: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let builder = crate::server::builder(Duration::from_secs(10));
-        loop {
-            let Some((tcp, _)) = crate::server::accept(&listener, &stop).await else {
-                return;
-            };
-            let conn = builder
-                .serve_connection(
-                    TokioIo::new(tcp),
-                    service_fn(|r| async { Ok::<_, Infallible>(backend(r).await) }),
-                )
-                .into_owned();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
+    let opts = listener::Options {
+        name: "demo backend",
+        timeouts: Timeouts {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        },
+        slots: Arc::new(Semaphore::new(BACKEND_MAX_CONNECTIONS)),
+        drain: Duration::from_secs(1),
+        metrics: None,
+    };
+    let handler = |req: Request<RequestBody>, _peer: SocketAddr| std::future::ready(backend(&req));
+    tokio::spawn(listener::serve(listener, opts, stop, handler));
     Ok(addr)
 }
 

@@ -4,8 +4,8 @@ use crate::metrics::{ClientErrorReason, LabelValue, Metrics};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{BodyExt, Empty, Full};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
@@ -14,6 +14,15 @@ use std::task::{ready, Context, Poll};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response and upstream request.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The body of every request a handler gets: the client's bytes, boxed so that handlers are plain
+/// functions of a request wherever it comes from (a client connection, or a test).
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+
+/// A request body of fixed bytes (for requests made in-process, such as in tests).
+pub fn request_body(b: impl Into<Bytes>) -> RequestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
 
 /// A body of fixed bytes.
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {
@@ -82,7 +91,7 @@ pub enum BodyError {
 
 /// Reads a whole request body of at most `limit` bytes within `within`.
 pub async fn read_body(
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
     within: std::time::Duration,
 ) -> Result<Bytes, BodyError> {
@@ -120,7 +129,7 @@ impl BodyError {
 /// passed on, so that when the backend request then fails the client is blamed (`400`), not the
 /// backend (`502`).
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     failure: ClientBodyFailure,
 }
 
@@ -142,7 +151,7 @@ impl ClientBodyFailure {
 
 impl ClientBody {
     /// Wraps a request body; the returned handle tells later whether reading it failed.
-    pub fn new(inner: Incoming) -> (Self, ClientBodyFailure) {
+    pub fn new(inner: RequestBody) -> (Self, ClientBodyFailure) {
         let failure = ClientBodyFailure::default();
         let body = ClientBody {
             inner,

@@ -1,8 +1,35 @@
 //! Who owns a stream: a keyed hash of the configured credential, never the credential itself.
 
-use crate::config::SourceSpec;
+use serde::Deserialize;
 use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;
+
+/// Where the identity is read from (`[identity] from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A request header (name lower-cased).
+    Header(http::HeaderName),
+    /// A cookie by name.
+    Cookie(String),
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || {
+            serde::de::Error::custom(format!(
+                "invalid identity source {s:?}: expected \"header:NAME\" (e.g. \"header:authorization\") or \"cookie:NAME\""
+            ))
+        };
+        match s.split_once(':') {
+            Some(("header", n)) if !n.is_empty() => http::HeaderName::from_bytes(n.as_bytes())
+                .map(SourceSpec::Header)
+                .map_err(|_| serde::de::Error::custom(format!("invalid header name in {s:?}"))),
+            Some(("cookie", n)) if !n.is_empty() => Ok(SourceSpec::Cookie(n.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
 
 /// A keyed 128-bit hash of a user's credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use sse_proxy::config::{Config, ConfigError, UpstreamUrl};
 use sse_proxy::metrics::Prometheus;
+use sse_proxy::settings::Settings;
 use sse_proxy::telemetry::{self, LogFormat};
 use sse_proxy::{demo, server};
 use std::net::SocketAddr;
@@ -49,11 +50,11 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     match cli.command {
         Some(Command::Check) => match load(&cli) {
-            Ok(cfg) => {
+            Ok(settings) => {
                 println!(
                     "{}: ok ({} stream route(s))",
                     cli.config_path().display(),
-                    cfg.streams.len()
+                    settings.routes.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Demo) => run_demo(&cli),
         None => match load(&cli) {
-            Ok(cfg) => run(cfg, None),
+            Ok(settings) => run(settings, None),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -80,8 +81,8 @@ impl Cli {
     }
 }
 
-/// Reads the config file and applies the command-line overrides.
-fn load(cli: &Cli) -> Result<Config, ConfigError> {
+/// Reads the config file, applies the command-line overrides, and builds the settings.
+fn load(cli: &Cli) -> Result<Settings, ConfigError> {
     let mut cfg = Config::from_file(&cli.config_path())?;
     if let Some(a) = cli.listen {
         cfg.server.listen = a;
@@ -105,7 +106,7 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
             message,
         })?;
     }
-    Ok(cfg)
+    Ok(Settings::build(&cfg))
 }
 
 fn parse_upstream(u: &str) -> Result<UpstreamUrl, ConfigError> {
@@ -123,7 +124,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-fn run(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+fn run(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -131,7 +132,7 @@ fn run(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(cfg, banner))
+    rt.block_on(serve(settings, banner))
 }
 
 /// The process's metrics recorder, installed globally (so whatever a dependency records through
@@ -144,7 +145,7 @@ fn install_metrics() -> Result<Prometheus, String> {
     Ok(registered)
 }
 
-async fn serve(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+async fn serve(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
     let metrics = match install_metrics() {
         Ok(m) => m,
         Err(e) => {
@@ -153,7 +154,7 @@ async fn serve(cfg: Config, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitC
         }
     };
     let shutdown = CancellationToken::new();
-    let bound = match server::bind(cfg, shutdown.clone(), metrics).await {
+    let bound = match server::bind(settings, shutdown.clone(), metrics).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
@@ -233,7 +234,7 @@ fn run_demo(cli: &Cli) -> ExitCode {
             }
         };
         match demo::config(backend, listen, admin) {
-            Ok(cfg) => serve(cfg, Some(demo_banner)).await,
+            Ok(cfg) => serve(Settings::build(&cfg), Some(demo_banner)).await,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)

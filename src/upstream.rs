@@ -1,6 +1,5 @@
 //! The pooled HTTP client to the backend, and how requests are rewritten for it.
 
-use crate::config::Upstream as UpstreamConfig;
 use crate::http_util::ProxyBody;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -28,6 +27,19 @@ pub enum UpstreamError {
 /// Largest read buffer of one backend connection.
 const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
+/// The backend and the time it is given (`[upstream]`, resolved).
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Base URL, `http://host:port` with an optional path prefix and no query.
+    pub url: Uri,
+    /// TCP connect timeout (answered with 504).
+    pub connect_timeout: Duration,
+    /// Time allowed for the backend's response headers (answered with 504).
+    pub response_timeout: Duration,
+    /// Largest request body forwarded on a stream route (buffered so the stream can outlive the client).
+    pub max_request_body: usize,
+}
+
 /// The backend client.
 #[derive(Clone)]
 pub struct Upstream {
@@ -39,10 +51,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A pooled HTTP/1.1 client for `[upstream]`.
-    pub fn new(cfg: &UpstreamConfig) -> Self {
+    /// A pooled HTTP/1.1 client for the backend.
+    pub fn new(settings: &UpstreamSettings) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+        connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             // A backend that sends faster than the proxy parses must not grow a read buffer of
@@ -52,14 +64,14 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let uri = &cfg.url.0;
+        let uri = &settings.url;
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         Upstream {
             client,
             scheme_authority: format!("http://{authority}"),
             base_path: uri.path().trim_end_matches('/').to_string(),
-            connect_timeout: cfg.connect_timeout.0,
-            response_timeout: cfg.response_timeout.0,
+            connect_timeout: settings.connect_timeout,
+            response_timeout: settings.response_timeout,
         }
     }
 
@@ -213,7 +225,7 @@ mod tests {
         let cfg: crate::config::Config =
             crate::config::Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:9/base/\"\n", "x")
                 .expect("cfg");
-        let u = Upstream::new(&cfg.upstream);
+        let u = Upstream::new(&crate::settings::Settings::build(&cfg).upstream);
         assert_eq!(
             u.uri_for("/a?b=1").expect("uri").to_string(),
             "http://127.0.0.1:9/base/a?b=1"

@@ -1,6 +1,7 @@
 //! Client connections on real sockets: silent and half-open connections are closed after
 //! `server.header_read_timeout`, idle keep-alive ones after `server.idle_timeout` (h2 with GOAWAY),
-//! long streams are never cut, and `max_connections` shows in `/readyz` and the metrics.
+//! long streams are never cut, and `max_connections` shows in `/readyz` and the metrics. The admin
+//! listener gets the same deadlines and a small connection cap of its own.
 
 mod common;
 
@@ -288,4 +289,68 @@ async fn at_max_connections_a_connection_with_a_request_in_flight_is_never_close
         .expect("in time")
         .expect("join");
     assert_eq!(body_bytes(resp).await, "fine");
+}
+
+#[tokio::test]
+async fn the_admin_listener_closes_silent_connections_after_header_read_timeout() {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| c.server.header_read_timeout.0 = ms(200)).await;
+    let mut preface_only = h2raw::PREFACE.to_vec();
+    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    let cases: [(&str, &[u8]); 3] = [
+        ("no byte at all", b""),
+        ("part of the h2 preface", &h2raw::PREFACE[..16]),
+        ("the h2 preface and no request", &preface_only),
+    ];
+    let admin = p.admin;
+    let tasks: Vec<_> = cases
+        .into_iter()
+        .map(|(name, bytes)| {
+            let bytes = bytes.to_vec();
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(admin).await.expect("connect");
+                s.write_all(&bytes).await.expect("write");
+                (name, closed_by_proxy(&mut s).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (name, closed) = t.await.expect("join");
+        assert!(closed, "{name}: the admin connection was not closed");
+    }
+    assert_eq!(readyz(admin).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_admin_listener_caps_its_connections_and_silent_ones_make_room() {
+    let up = plain_upstream().await;
+    // No timeout can explain a closed socket here: a request head may take a minute.
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60)
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..sse_proxy::admin::MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(p.admin).await.expect("connect"));
+    }
+    // One more connection is over the cap: the oldest silent one is closed to make room for it.
+    let (status, body) = readyz(p.admin).await;
+    assert_eq!((status, &body["status"]), (200, &serde_json::json!("ready")));
+    assert!(
+        closed_by_proxy(&mut silent[0]).await,
+        "the admin listener kept more than {} connections",
+        sse_proxy::admin::MAX_CONNECTIONS
+    );
+    // The others are still open: a request on the newest is answered.
+    let newest = silent.last_mut().expect("sockets");
+    newest
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    tokio::time::timeout(WAIT, newest.read_exact(&mut head))
+        .await
+        .expect("answer in time")
+        .expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200");
 }

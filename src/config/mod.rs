@@ -3,9 +3,12 @@
 mod source;
 mod units;
 
-pub use source::{ModelSource, SourceSpec};
+pub use crate::identity::SourceSpec;
+pub use crate::progress::ModelPrior;
+pub use source::ModelSource;
 pub use units::{parse_duration, parse_size, Dur, Size};
 
+use crate::progress;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -424,26 +427,13 @@ impl Default for Progress {
     fn default() -> Self {
         Self {
             enabled: true,
-            every_tokens: 10,
-            min_interval: Dur(Duration::from_millis(250)),
+            every_tokens: progress::DEFAULT_EVERY_TOKENS,
+            min_interval: Dur(progress::DEFAULT_MIN_INTERVAL),
             state_file: None,
-            max_history: 200,
+            max_history: progress::DEFAULT_MAX_HISTORY,
             models: Vec::new(),
         }
     }
-}
-
-/// `[[progress.model]]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelPrior {
-    /// Model name as given by `model_from`.
-    pub name: String,
-    /// Typical answer length in tokens.
-    pub expected_tokens: u64,
-    /// Typical speed.
-    #[serde(default)]
-    pub tokens_per_second: Option<f64>,
 }
 
 /// `[demo]`

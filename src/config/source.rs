@@ -1,15 +1,7 @@
-//! Where a value is read from a request: `header:NAME`, `cookie:NAME`, `query:NAME`, `body:/pointer`.
+//! Where the model name is read from a request: `query:NAME`, `header:NAME`, `body:/pointer`,
+//! `fixed:NAME`. (The identity's `header:NAME` and `cookie:NAME` are read by [`crate::identity`].)
 
 use serde::Deserialize;
-
-/// Where the identity is read from (`[identity] from`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceSpec {
-    /// A request header (name lower-cased).
-    Header(http::HeaderName),
-    /// A cookie by name.
-    Cookie(String),
-}
 
 /// Where the model name is read from (`[[stream]] model_from`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +16,10 @@ pub enum ModelSource {
     Fixed(String),
 }
 
+/// A header name from a `header:NAME` value, or a config error naming the whole value.
 fn header_name<E: serde::de::Error>(name: &str, spec: &str) -> Result<http::HeaderName, E> {
     http::HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| E::custom(format!("invalid header name in {spec:?}")))
-}
-
-impl<'de> Deserialize<'de> for SourceSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.split_once(':') {
-            Some(("header", n)) if !n.is_empty() => Ok(SourceSpec::Header(header_name(n, &s)?)),
-            Some(("cookie", n)) if !n.is_empty() => Ok(SourceSpec::Cookie(n.to_string())),
-            _ => Err(serde::de::Error::custom(format!(
-                "invalid identity source {s:?}: expected \"header:NAME\" (e.g. \"header:authorization\") or \"cookie:NAME\""
-            ))),
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for ModelSource {

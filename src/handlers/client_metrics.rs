@@ -1,13 +1,10 @@
 //! `POST {route_prefix}/client-metrics`: one small, strictly validated summary per stream from browsers.
 
 use crate::app::App;
-use crate::http_util::{self, ProxyBody};
+use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::metrics::{RejectReason, ReportOutcome};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
-use std::sync::Mutex;
-use tokio::time::Instant;
 
 /// Largest accepted report.
 pub const MAX_REPORT_BYTES: usize = 1024;
@@ -47,40 +44,8 @@ impl Report {
     }
 }
 
-/// A global token bucket: `per_second` reports per second, bursts up to the same number.
-pub struct RateLimit {
-    per_second: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl RateLimit {
-    /// A full bucket.
-    pub fn new(per_second: u32) -> Self {
-        let r = f64::from(per_second);
-        RateLimit {
-            per_second: r,
-            state: Mutex::new((r, Instant::now())),
-        }
-    }
-
-    /// Takes one token if available.
-    pub fn allow(&self) -> bool {
-        let mut s = crate::sync::lock(&self.state);
-        let now = Instant::now();
-        let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.per_second;
-        s.0 = (s.0 + refill).min(self.per_second);
-        s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Validates and records one report: 204, 400 (malformed), 413 (too large), 429 (rate limited).
-pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody> {
     let m = &app.metrics;
     let bad = |msg: &str| {
         m.rejected.increment(RejectReason::ClientMetricsInvalid);
@@ -90,7 +55,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     if !is_json {
         return bad("Content-Type must be application/json");
     }
-    let within = app.cfg.server.body_read_timeout.0;
+    let within = app.settings.server.body_read_timeout;
     let body = match http_util::read_body(req.into_body(), MAX_REPORT_BYTES, within).await {
         Ok(b) => b,
         Err(http_util::BodyError::TooLarge(_)) => return bad("report larger than 1024 bytes"),
@@ -152,15 +117,5 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limit_refills() {
-        let rl = RateLimit::new(2);
-        assert!(rl.allow() && rl.allow());
-        assert!(!rl.allow());
-        tokio::time::advance(std::time::Duration::from_millis(500)).await;
-        assert!(rl.allow());
-        assert!(!rl.allow());
     }
 }

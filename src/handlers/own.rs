@@ -1,12 +1,11 @@
 //! The proxy's own routes under `server.route_prefix`: client, demo page, cancel, client metrics.
 
 use crate::app::App;
-use crate::http_util::{self, ProxyBody};
+use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::ids::StreamId;
 use crate::stream::{Outcome, State};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 /// The browser client (ES module), built from `clients/js`.
 const CLIENT_JS: &str = include_str!("../../clients/js/dist/sse-client.js");
@@ -16,14 +15,14 @@ const VUE_JS: &str = include_str!("../../clients/js/dist/vue.js");
 const DEMO_HTML: &str = include_str!("../../clients/js/demo/index.html");
 
 /// Handles `{route_prefix}{rest}`.
-pub async fn handle(app: &App, rest: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(app: &App, rest: &str, req: Request<RequestBody>) -> Response<ProxyBody> {
     let method = req.method().clone();
     match (&method, rest) {
         // `vue.js` imports its sibling as `./sse-client.js`; `client.js` is the documented name.
         (&Method::GET, "/client.js" | "/sse-client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
         (&Method::GET, "/vue.js") => asset(VUE_JS, "text/javascript; charset=utf-8"),
-        (&Method::GET, "/demo") if app.cfg.demo.enabled => asset(DEMO_HTML, "text/html; charset=utf-8"),
-        (&Method::POST, "/client-metrics") if app.cfg.client_metrics.enabled => {
+        (&Method::GET, "/demo") if app.settings.demo => asset(DEMO_HTML, "text/html; charset=utf-8"),
+        (&Method::POST, "/client-metrics") if app.settings.client_metrics.is_some() => {
             super::client_metrics::handle(app, req).await
         }
         (&Method::POST, r) => match cancel_id(r) {
@@ -56,7 +55,7 @@ fn cancel_id(rest: &str) -> Option<&str> {
 const CANCEL_CONFIRM: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Owner-only Stop: 202 cancelled, 409 already finished, 404 unknown or not yours (one body).
-async fn cancel(app: &App, id: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
+async fn cancel(app: &App, id: &str, req: &Request<RequestBody>) -> Response<ProxyBody> {
     let not_found = || http_util::error(StatusCode::NOT_FOUND, "stream_not_found", "no such stream");
     let Some(stream) = StreamId::parse(id).and_then(|id| app.registry.get(&id)) else {
         return not_found();

@@ -1,8 +1,9 @@
 //! Ordinary requests: forwarded unchanged and streamed both ways. HTTP/1.1 upgrades (WebSocket)
 //! are tunnelled once the backend answers `101 Switching Protocols`.
 
+use super::respond::upstream_error;
 use crate::app::App;
-use crate::http_util::{self, BodyError, ClientBody, ProxyBody};
+use crate::http_util::{self, BodyError, ClientBody, ProxyBody, RequestBody};
 use crate::metrics::{RejectReason, StatusClass};
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -14,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
 /// Forwards a request to the backend and streams its answer back.
-pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(app: &App, mut req: Request<RequestBody>, peer: SocketAddr) -> Response<ProxyBody> {
     let upgrade = upgrade_protocol(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -22,7 +23,7 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "request target refused");
-            return super::upstream_error(&app.metrics, &e);
+            return upstream_error(&app.metrics, &e);
         }
     };
     let host = client_host(&parts);
@@ -54,7 +55,7 @@ pub async fn handle(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> 
             Some(detail) => BodyError::Broken(detail.to_string()).response(&app.metrics),
             None => {
                 tracing::warn!(error = %e, "passthrough failed");
-                super::upstream_error(&app.metrics, &e)
+                upstream_error(&app.metrics, &e)
             }
         },
     }

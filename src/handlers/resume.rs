@@ -1,6 +1,6 @@
 //! Resuming a stream from `Last-Event-ID`.
 
-use super::stream::{event_stream_response, store_stream_response, too_many};
+use super::respond::{event_stream_response, store_stream_response, too_many};
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
@@ -57,7 +57,7 @@ pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
-    let Some(follower) = stream.attach(app.cfg.limits.max_followers) else {
+    let Some(follower) = stream.attach(app.settings.limits.max_followers) else {
         return Resume::Respond(too_many(app, Rejected::MaxFollowers));
     };
     app.metrics.resumes.increment(ResumeResult::Replayed);
@@ -109,9 +109,10 @@ fn unavailable(app: &App, e: &StoreError) -> Response<ProxyBody> {
         "store_unavailable",
         "the stream store cannot be reached; try again shortly",
     );
-    let secs = app.cfg.limits.retry_after.0.as_secs().max(1);
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(app.settings.limits.retry_after_secs),
+    );
     resp
 }
 

@@ -1,20 +1,19 @@
 //! Stream routes: a new request starts a stream (one upstream request); a request with a
 //! `Last-Event-ID` resumes one.
 
+use super::respond::{event_stream_response, too_many, upstream_error};
 use super::resume::{self, Resume};
 use crate::app::App;
-use crate::config::{ModelSource, OnMiss};
-use crate::connection::{Cursor, CursorSettings, Remote};
-use crate::http_util::{self, ProxyBody};
+use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::log::MemoryLog;
-use crate::metrics::{RejectReason, ResumeResult};
-use crate::protocol;
+use crate::metrics::ResumeResult;
 use crate::query;
 use crate::reframe::body::UpstreamBody;
 use crate::reframe::Reader;
-use crate::stream::{Follower, Rejected, Stream};
+use crate::settings::{ModelSource, OnMiss, Route};
+use crate::stream::Stream;
 use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -29,11 +28,11 @@ use tracing::Instrument;
 /// Longest model name kept; longer or odd names become `default`.
 const MAX_MODEL_LEN: usize = 64;
 
-/// Handles a request on stream route `idx`.
+/// Handles a request on `route`.
 pub async fn handle(
     app: &Arc<App>,
-    idx: usize,
-    req: Request<Incoming>,
+    route: &Arc<Route>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     arrived: Instant,
 ) -> Response<ProxyBody> {
@@ -48,27 +47,28 @@ pub async fn handle(
     if let Some(id) = resume_from {
         match resume::answer(app, id, owner).await {
             Resume::Respond(resp) => return resp,
-            Resume::Gone if app.cfg.resume.on_miss == OnMiss::Restart => {
+            Resume::Gone if app.settings.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
             }
             Resume::Gone => return resume::gone(&app.metrics),
         }
     }
-    start(app, idx, req, peer, owner, arrived).await
+    start(app, route, req, peer, owner, arrived).await
 }
 
 /// Starts a new stream: admission, one upstream request, the reader task, and the first cursor.
 async fn start(
     app: &Arc<App>,
-    idx: usize,
-    req: Request<Incoming>,
+    route: &Route,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     owner: Option<Owner>,
     arrived: Instant,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let limit = app.cfg.upstream.max_request_body.bytes();
-    let body = match http_util::read_body(body, limit, app.cfg.server.body_read_timeout.0).await {
+    let settings = &app.settings;
+    let limit = settings.upstream.max_request_body;
+    let body = match http_util::read_body(body, limit, settings.server.body_read_timeout).await {
         Ok(b) => b,
         Err(e) => return e.response(&app.metrics),
     };
@@ -77,12 +77,11 @@ async fn start(
         Ok(s) => s,
         Err(why) => return too_many(app, why),
     };
-    let route_cfg = &app.cfg.streams[idx];
-    let model = model_name(route_cfg.model_from.as_ref(), &parts, &body);
+    let model = model_name(route.model_from.as_ref(), &parts, &body);
     let pq = query::without_param(&parts.uri, query::LAST_EVENT_ID_PARAM);
     let uri = match app.upstream.uri_for(&pq) {
         Ok(u) => u,
-        Err(e) => return super::upstream_error(&app.metrics, &e),
+        Err(e) => return upstream_error(&app.metrics, &e),
     };
     let host = client_host(&parts);
     forward_headers(&mut parts.headers, host, peer);
@@ -98,7 +97,7 @@ async fn start(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "stream request failed");
-            return super::upstream_error(&app.metrics, &e);
+            return upstream_error(&app.metrics, &e);
         }
     };
     if !is_event_stream(&resp) {
@@ -113,30 +112,22 @@ async fn start(
     // Staged: clients see an event once the stream store has it.
     let log = Arc::new(MemoryLog::staged(
         id,
-        app.cfg.resume.max_stream_bytes.bytes(),
+        settings.resume.max_stream_bytes,
         app.registry.budget().clone(),
     ));
-    let route = app.routes[idx].clone();
-    let stream = Arc::new(Stream::new(id, route.label.clone(), model, owner, log));
+    let label = route.label().clone();
+    let stream = Arc::new(Stream::new(id, label.clone(), model, owner, log));
     app.registry.insert(stream.clone());
-    let Some(follower) = stream.attach(app.cfg.limits.max_followers) else {
+    let Some(follower) = stream.attach(settings.limits.max_followers) else {
         return http_util::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "cannot attach to a new stream",
         );
     };
-    let span = tracing::info_span!("stream", stream_id = %id, route = %route.label, model = %stream.model);
+    let span = tracing::info_span!("stream", stream_id = %id, route = %label, model = %stream.model);
     span.in_scope(|| tracing::info!("stream started"));
-    let reader = Reader::new(
-        stream,
-        body,
-        route,
-        app.reader.clone(),
-        app.registry.clone(),
-        slot,
-        arrived,
-    );
+    let reader = Reader::new(stream, body, route.reader.clone(), &app.readers, slot, arrived);
     app.registry
         .spawn_reader(reader.run(app.shutdown.clone()).instrument(span.clone()));
     let mut out = event_stream_response(app, follower, 0, span);
@@ -168,76 +159,6 @@ fn copy_backend_headers(mut from: http::HeaderMap, to: &mut http::HeaderMap) {
     }
 }
 
-/// A `200 text/event-stream` response following `follower`'s stream after seq `after`.
-pub fn event_stream_response(
-    app: &App,
-    follower: Follower,
-    after: u64,
-    span: tracing::Span,
-) -> Response<ProxyBody> {
-    let id = follower.stream().id;
-    let (preamble, settings) = cursor_settings(app);
-    sse_response(
-        id,
-        Cursor::new(follower, after, preamble, settings, app.metrics.clone()),
-        span,
-    )
-}
-
-/// A `200 text/event-stream` response following stream `id` in the store after seq `after`.
-pub fn store_stream_response(
-    app: &App,
-    id: StreamId,
-    after: u64,
-    span: tracing::Span,
-) -> Response<ProxyBody> {
-    let remote = Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone());
-    let (preamble, settings) = cursor_settings(app);
-    sse_response(
-        id,
-        Cursor::remote(remote, after, preamble, settings, app.metrics.clone()),
-        span,
-    )
-}
-
-/// The `retry:` preamble and write settings of every stream response.
-fn cursor_settings(app: &App) -> (Bytes, CursorSettings) {
-    let preamble = protocol::retry_preamble(app.cfg.resume.client_retry.0.as_millis() as u64);
-    let settings = CursorSettings {
-        heartbeat: app.cfg.heartbeat.interval.0,
-        max_write_bytes: app.cfg.limits.max_write_bytes.bytes(),
-    };
-    (preamble, settings)
-}
-
-fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<ProxyBody> {
-    let id = id.to_string();
-    let body = cursor.into_body();
-    let body = http_body_util::BodyExt::boxed_unsync(InSpan { inner: body, span });
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert("x-stream-id", v);
-    }
-    resp
-}
-
-/// A 429 with `Retry-After`, counted under the limit that was reached.
-pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
-    app.metrics.rejected.increment(RejectReason::from(why));
-    let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
-    let secs = app.cfg.limits.retry_after.0.as_secs().max(1);
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    resp
-}
-
 /// The model name of a request, from the route's `model_from`.
 fn model_name(source: Option<&ModelSource>, parts: &http::request::Parts, body: &Bytes) -> String {
     let raw: Option<String> = match source {
@@ -260,24 +181,4 @@ fn model_name(source: Option<&ModelSource>, parts: &http::request::Parts, body: 
                 .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
     })
     .unwrap_or_else(|| "default".to_string())
-}
-
-/// A body that polls its inner body inside a tracing span, so cursor logs carry the stream id.
-struct InSpan {
-    inner: ProxyBody,
-    span: tracing::Span,
-}
-
-impl http_body::Body for InSpan {
-    type Data = Bytes;
-    type Error = crate::http_util::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let _enter = this.span.enter();
-        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
-    }
 }

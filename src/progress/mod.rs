@@ -12,7 +12,7 @@ mod tracker;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use history::{Estimate, Learner, StateError};
 pub use tracker::{Progress, Tracker};
@@ -26,13 +26,27 @@ pub const DEFAULT_MAX_HISTORY: usize = 200;
 /// Default number of (route, model) keys kept; least recently used is evicted.
 pub const DEFAULT_MAX_KEYS: usize = 256;
 
-/// Configuration of the progress feature (`[progress]` in the proxy config).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Options {
+/// How often progress events go out: at most one per `every_tokens` tokens and `min_interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
     /// Minimum number of tokens between two progress events.
     pub every_tokens: usize,
     /// Minimum time between two progress events.
     pub min_interval: Duration,
+}
+
+impl Default for Cadence {
+    fn default() -> Self {
+        Self {
+            every_tokens: DEFAULT_EVERY_TOKENS,
+            min_interval: DEFAULT_MIN_INTERVAL,
+        }
+    }
+}
+
+/// What the [`Learner`] knows before it learns, and how much it keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
     /// Per-model priors used before anything has been learned.
     pub priors: Vec<ModelPrior>,
     /// Where learned history is persisted; `None` keeps it in memory only.
@@ -46,8 +60,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            every_tokens: DEFAULT_EVERY_TOKENS,
-            min_interval: DEFAULT_MIN_INTERVAL,
             priors: Vec::new(),
             state_file: None,
             max_history: DEFAULT_MAX_HISTORY,
@@ -56,14 +68,16 @@ impl Default for Options {
     }
 }
 
-/// Operator-supplied expectation for a model (`[[progress.model]]`).
-#[derive(Debug, Clone, PartialEq)]
+/// Operator-supplied expectation for a model (`[[progress.model]]` in the proxy config).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelPrior {
-    /// Model name as it appears in requests.
+    /// Model name as it appears in requests (as given by `model_from`).
     pub name: String,
     /// Expected answer length in tokens.
     pub expected_tokens: u64,
     /// Expected generation rate, used for the ETA until a rate is measured.
+    #[serde(default)]
     pub tokens_per_second: Option<f64>,
 }
 

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::history::Learner;
 use super::rate::RateMeter;
-use super::{Confidence, Trend};
+use super::{Cadence, Confidence, Trend};
 
 /// Rate assumed for the ETA with neither a measured rate nor a prior rate.
 const GENERIC_TOKENS_PER_SECOND: f64 = 30.0;
@@ -65,21 +65,20 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// State for a stream of `model` on `route` that started at `start`.
+    /// State for a stream of `model` on `route` that started at `start`, sending events at `cadence`.
     pub fn new(
         learner: Arc<Learner>,
         route: String,
         model: String,
-        every_tokens: usize,
-        min_interval: Duration,
+        cadence: Cadence,
         start: Instant,
     ) -> Self {
         Self {
             learner,
             route,
             model,
-            every_tokens: u64::try_from(every_tokens).unwrap_or(u64::MAX).max(1),
-            min_interval,
+            every_tokens: u64::try_from(cadence.every_tokens).unwrap_or(u64::MAX).max(1),
+            min_interval: cadence.min_interval,
             start,
             tokens: 0,
             rate: RateMeter::new(),
@@ -147,6 +146,12 @@ impl Tracker {
             trend: self.rate.trend(),
             model: self.model.clone(),
         }
+    }
+
+    /// Adds `total`, the length of a completed answer, to what the learner knows of this
+    /// stream's route and model.
+    pub fn learn(&self, total: u64) {
+        self.learner.record(&self.route, &self.model, total);
     }
 
     /// Final snapshot: percent 100, estimated_total = tokens, eta 0, confidence high.
@@ -238,8 +243,10 @@ mod tests {
             Arc::clone(l),
             "/r".to_owned(),
             "m".to_owned(),
-            every,
-            min_interval,
+            Cadence {
+                every_tokens: every,
+                min_interval,
+            },
             start,
         )
     }

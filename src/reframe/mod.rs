@@ -10,9 +10,8 @@ pub mod body;
 mod store_writer;
 pub mod token;
 
-use crate::config::StreamRoute;
 use crate::metrics::Metrics;
-use crate::progress::{Learner, Tracker};
+use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::store::{self, NewStream};
@@ -29,30 +28,20 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Everything a stream's reader needs that is fixed for its route.
+#[derive(Debug, Clone)]
 pub struct RouteSettings {
     /// The route as configured (label).
     pub label: Arc<str>,
     /// Upstream event type carrying tokens.
     pub token_event: String,
-    /// JSON Pointer to token text.
+    /// JSON Pointer to token text; the raw data when `None`.
     pub token_path: Option<token::Pointer>,
     /// Upstream events that end the stream.
     pub terminal_events: Vec<String>,
 }
 
-impl RouteSettings {
-    /// From a `[[stream]]` table.
-    pub fn new(route: &StreamRoute) -> Self {
-        RouteSettings {
-            label: route.path.as_label().into(),
-            token_event: route.token_event.clone(),
-            token_path: route.token_path.as_ref().map(|p| token::Pointer::parse(&p.0)),
-            terminal_events: route.terminal_events.clone(),
-        }
-    }
-}
-
 /// Settings shared by every stream's reader.
+#[derive(Debug, Clone, Copy)]
 pub struct ReaderSettings {
     /// Batching limits.
     pub batching: Limits,
@@ -66,8 +55,25 @@ pub struct ReaderSettings {
     pub cancel_on_disconnect: bool,
     /// Time allowed after shutdown starts.
     pub shutdown_grace: Duration,
-    /// Progress settings, when enabled.
-    pub progress: Option<(Arc<Learner>, usize, Duration)>,
+}
+
+/// Progress events of every stream: how often, and the learned lengths they estimate from.
+#[derive(Debug, Clone)]
+pub struct ProgressEvents {
+    /// Learned answer lengths, shared by all streams.
+    pub learner: Arc<Learner>,
+    /// At most one progress event per this many tokens and this interval.
+    pub cadence: Cadence,
+}
+
+/// What every stream's reader shares with the others.
+pub struct Shared {
+    /// Their settings.
+    pub settings: ReaderSettings,
+    /// All streams (the memory budget of their logs).
+    pub registry: Arc<Registry>,
+    /// Progress events, when enabled.
+    pub progress: Option<ProgressEvents>,
     /// Where every stream's events are written.
     pub store: store::Handle,
 }
@@ -98,8 +104,9 @@ pub struct Reader<B> {
     stream: Arc<Stream>,
     body: B,
     route: Arc<RouteSettings>,
-    settings: Arc<ReaderSettings>,
+    settings: ReaderSettings,
     registry: Arc<Registry>,
+    store: store::Handle,
     parser: Parser,
     batcher: Batcher,
     progress: Option<Tracker>,
@@ -117,36 +124,36 @@ impl<B> Reader<B>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
-    /// A reader for `stream`, fed by `body`; `arrived` is when the client's request arrived. It
-    /// counts into the registry's metrics.
+    /// A reader for `stream` on `route`, fed by `body`; `arrived` is when the client's request
+    /// arrived. It counts into the registry's metrics.
     pub fn new(
         stream: Arc<Stream>,
         body: B,
         route: Arc<RouteSettings>,
-        settings: Arc<ReaderSettings>,
-        registry: Arc<Registry>,
+        shared: &Shared,
         slot: Slot,
         arrived: Instant,
     ) -> Self {
-        let progress = settings.progress.as_ref().map(|(learner, every, min)| {
+        let progress = shared.progress.as_ref().map(|p| {
             Tracker::new(
-                learner.clone(),
+                p.learner.clone(),
                 route.label.to_string(),
                 stream.model.clone(),
-                *every,
-                *min,
+                p.cadence,
                 arrived,
             )
         });
+        let settings = shared.settings;
         Reader {
-            metrics: registry.metrics().clone(),
+            metrics: shared.registry.metrics().clone(),
             parser: Parser::new(settings.max_event_bytes),
             batcher: Batcher::new(settings.batching),
             stream,
             body,
             route,
             settings,
-            registry,
+            registry: shared.registry.clone(),
+            store: shared.store.clone(),
             progress,
             arrived,
             first_token: None,
@@ -162,7 +169,7 @@ where
     pub async fn run(mut self, shutdown: CancellationToken) {
         let _guard = EndGuard(self.stream.clone(), self.metrics.clone());
         self.metrics.streams_started.increment(1);
-        let handle = self.settings.store.clone();
+        let handle = self.store.clone();
         let record = NewStream {
             owner: self.stream.owner,
             route: self.route.label.to_string(),
@@ -388,11 +395,11 @@ where
         if outcome != Outcome::Completed || self.tokens == 0 {
             return;
         }
-        if let (Some(p), Some((learner, _, _))) = (self.progress.as_ref(), self.settings.progress.as_ref()) {
+        if let Some(p) = self.progress.as_ref() {
             if let Some(err) = p.estimate_error_at_quarter(self.tokens) {
                 self.metrics.progress_error.record(err);
             }
-            learner.record(&self.route.label, &self.stream.model, self.tokens);
+            p.learn(self.tokens);
         }
     }
 }
@@ -489,21 +496,24 @@ mod tests {
             token_path: None,
             terminal_events: vec!["done".into()],
         });
-        let settings = Arc::new(ReaderSettings {
-            batching: Limits {
-                max_delay: Duration::from_millis(100),
-                max_tokens: 1,
-                max_bytes: 4096,
-                adaptive: false,
+        let shared = Shared {
+            settings: ReaderSettings {
+                batching: Limits {
+                    max_delay: Duration::from_millis(100),
+                    max_tokens: 1,
+                    max_bytes: 4096,
+                    adaptive: false,
+                },
+                idle_timeout: Duration::from_secs(600),
+                max_event_bytes: 1 << 20,
+                detach_grace: Duration::from_secs(600),
+                cancel_on_disconnect: false,
+                shutdown_grace: Duration::from_secs(30),
             },
-            idle_timeout: Duration::from_secs(600),
-            max_event_bytes: 1 << 20,
-            detach_grace: Duration::from_secs(600),
-            cancel_on_disconnect: false,
-            shutdown_grace: Duration::from_secs(30),
+            registry,
             progress: None,
             store: store::Handle::new(gate, Duration::from_secs(5)),
-        });
+        };
         let follower = stream.attach(4).expect("attach");
         let cursor_settings = CursorSettings {
             heartbeat: Duration::from_secs(15),
@@ -517,15 +527,7 @@ mod tests {
             metrics,
         );
         let body = StreamBody::new(frames);
-        let reader = Reader::new(
-            stream.clone(),
-            body,
-            route,
-            settings,
-            registry,
-            slot,
-            Instant::now(),
-        );
+        let reader = Reader::new(stream.clone(), body, route, &shared, slot, Instant::now());
         tokio::spawn(reader.run(CancellationToken::new()));
         Running { stream, tx, cursor }
     }

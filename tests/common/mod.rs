@@ -368,9 +368,10 @@ pub async fn proxy_with(cfg: Config) -> TestProxy {
 /// or to a memory store of its own.
 pub async fn proxy_on_store(cfg: Config, store: Option<sse_proxy::store::Handle>) -> TestProxy {
     let shutdown = CancellationToken::new();
+    let settings = sse_proxy::settings::Settings::build(&cfg);
     // A registry of its own: tests running side by side in one process count apart.
     let metrics = sse_proxy::metrics::Prometheus::standalone().expect("metrics recorder");
-    let bound = sse_proxy::server::bind_with_store(cfg, shutdown.clone(), metrics, store)
+    let bound = sse_proxy::server::bind_with_store(settings, shutdown.clone(), metrics, store)
         .await
         .expect("bind proxy");
     let (addr, admin, app) = (bound.main_addr(), bound.admin_addr(), bound.app().clone());
