@@ -27,6 +27,36 @@ async fn read_chunked(s: &mut TcpStream) -> (String, Vec<u8>) {
     (head, body)
 }
 
+/// Openings after which a client sends nothing more: none at all, part of the h2 preface, the
+/// preface without a request.
+fn silent_openings() -> Vec<(&'static str, Vec<u8>)> {
+    let mut preface_only = h2raw::PREFACE.to_vec();
+    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    vec![
+        ("no byte at all", Vec::new()),
+        ("part of the h2 preface", h2raw::PREFACE[..16].to_vec()),
+        ("the h2 preface and no request", preface_only),
+    ]
+}
+
+/// Sends each case's bytes on a connection of its own to `addr`, all at once, and asserts the
+/// proxy closes every one of them.
+async fn assert_each_closed(addr: SocketAddr, cases: Vec<(&'static str, Vec<u8>)>, what: &str) {
+    let tasks: Vec<_> = cases
+        .into_iter()
+        .map(|(name, bytes)| {
+            tokio::spawn(async move {
+                let mut s = tcp::open(addr, &bytes).await;
+                (name, tcp::closed_by_peer(&mut s).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (name, closed) = t.await.expect("join");
+        assert!(closed, "{name}: {what} was not closed");
+    }
+}
+
 async fn readyz(admin: SocketAddr) -> (u16, serde_json::Value) {
     let resp = get(&format!("http://{admin}/readyz"), &[]).await;
     let status = resp.status().as_u16();
@@ -67,30 +97,14 @@ const GET_ONE: &[u8] = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
 async fn silent_and_half_open_connections_are_closed_after_header_read_timeout() {
     let up = plain_upstream().await;
     let p = proxy(up.addr, |c| c.server.header_read_timeout.0 = ms(200)).await;
-    let mut preface_only = h2raw::PREFACE.to_vec();
-    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
-    let cases: [(&str, &[u8]); 5] = [
-        ("no byte at all", b""),
-        ("part of the h2 preface", &h2raw::PREFACE[..16]),
-        ("the h2 preface and no request", &preface_only),
-        ("one byte", b"G"),
-        ("part of an HTTP/1.1 head", b"GET / HTTP/1.1\r\nHost: x\r\n"),
-    ];
+    let mut cases = silent_openings();
+    cases.push(("one byte", b"G".to_vec()));
+    cases.push((
+        "part of an HTTP/1.1 head",
+        b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec(),
+    ));
     let addr = p.addr;
-    let tasks: Vec<_> = cases
-        .into_iter()
-        .map(|(name, bytes)| {
-            let bytes = bytes.to_vec();
-            tokio::spawn(async move {
-                let mut s = tcp::open(addr, &bytes).await;
-                (name, tcp::closed_by_peer(&mut s).await)
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (name, closed) = t.await.expect("join");
-        assert!(closed, "{name}: the connection was not closed");
-    }
+    assert_each_closed(addr, cases, "the connection").await;
     assert_eq!(up.requests(), 0);
     // The proxy still serves.
     let resp = get(&format!("http://{addr}/after"), &[]).await;
@@ -295,29 +309,8 @@ async fn at_max_connections_a_connection_with_a_request_in_flight_is_never_close
 async fn the_admin_listener_closes_silent_connections_after_header_read_timeout() {
     let up = plain_upstream().await;
     let p = proxy(up.addr, |c| c.server.header_read_timeout.0 = ms(200)).await;
-    let mut preface_only = h2raw::PREFACE.to_vec();
-    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
-    let cases: [(&str, &[u8]); 3] = [
-        ("no byte at all", b""),
-        ("part of the h2 preface", &h2raw::PREFACE[..16]),
-        ("the h2 preface and no request", &preface_only),
-    ];
     let admin = p.admin;
-    let tasks: Vec<_> = cases
-        .into_iter()
-        .map(|(name, bytes)| {
-            let bytes = bytes.to_vec();
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(admin).await.expect("connect");
-                s.write_all(&bytes).await.expect("write");
-                (name, closed_by_proxy(&mut s).await)
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (name, closed) = t.await.expect("join");
-        assert!(closed, "{name}: the admin connection was not closed");
-    }
+    assert_each_closed(admin, silent_openings(), "the admin connection").await;
     assert_eq!(readyz(admin).await.0, 200);
 }
 
@@ -331,13 +324,13 @@ async fn the_admin_listener_caps_its_connections_and_silent_ones_make_room() {
     .await;
     let mut silent = Vec::new();
     for _ in 0..sse_proxy::admin::MAX_CONNECTIONS {
-        silent.push(TcpStream::connect(p.admin).await.expect("connect"));
+        silent.push(tcp::connect(p.admin).await);
     }
     // One more connection is over the cap: the oldest silent one is closed to make room for it.
     let (status, body) = readyz(p.admin).await;
     assert_eq!((status, &body["status"]), (200, &serde_json::json!("ready")));
     assert!(
-        closed_by_proxy(&mut silent[0]).await,
+        tcp::closed_by_peer(&mut silent[0]).await,
         "the admin listener kept more than {} connections",
         sse_proxy::admin::MAX_CONNECTIONS
     );
@@ -347,10 +340,6 @@ async fn the_admin_listener_caps_its_connections_and_silent_ones_make_room() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut head = [0u8; 12];
-    tokio::time::timeout(WAIT, newest.read_exact(&mut head))
-        .await
-        .expect("answer in time")
-        .expect("an answer");
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let head = tcp::read_head(newest).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
