@@ -271,25 +271,13 @@ async fn metrics_are_well_formed_and_complete() {
     }
 }
 
-/// A backend that accepts connections and never answers.
-async fn mute_backend() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_backend_that_never_answers_and_one_that_goes_silent_count_apart() {
     const BEFORE_STREAM: &str = "sse_proxy_errors_total{code=\"upstream_response_timeout\"}";
     const MID_STREAM: &str = "sse_proxy_errors_total{code=\"upstream_timeout\"}";
 
-    let p = proxy(mute_backend().await, |c| c.upstream.response_timeout.0 = ms(300)).await;
+    let mute = tcp::mute_server().await;
+    let p = proxy(mute.addr, |c| c.upstream.response_timeout.0 = ms(300)).await;
     let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
     assert_eq!(resp.status(), 504);
     // The JSON code is the one PROTOCOL.md gives the 504; only the metric label differs.

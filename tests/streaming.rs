@@ -234,16 +234,8 @@ async fn upstream_down_gives_502_json() {
 
 #[tokio::test]
 async fn slow_upstream_gives_504_json() {
-    // Accepts connections but never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    let p = proxy(addr, |c| c.upstream.response_timeout.0 = ms(300)).await;
+    let mute = tcp::mute_server().await;
+    let p = proxy(mute.addr, |c| c.upstream.response_timeout.0 = ms(300)).await;
     let resp = get(&format!("http://{}/x", p.addr), &[]).await;
     assert_eq!(resp.status(), 504);
     let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).expect("json");

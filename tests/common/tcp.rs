@@ -46,6 +46,15 @@ impl Server {
     }
 }
 
+/// A server that accepts connections and never answers; it holds them until dropped.
+pub async fn mute_server() -> Server {
+    Server::start(|s, stop| async move {
+        stop.cancelled().await;
+        drop(s);
+    })
+    .await
+}
+
 /// Connects to `addr`.
 pub async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.expect("connect")
