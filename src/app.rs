@@ -1,5 +1,5 @@
 //! The proxy's shared state: settings, the backend client, the streams, and the limits every
-//! request checks. Which handler answers a request is decided in [`crate::handlers`].
+//! request checks. Which handler answers a request is decided in `handlers`.
 
 use crate::identity::IdentityRule;
 use crate::log::LogBudget;
