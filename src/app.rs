@@ -1,5 +1,5 @@
 //! The proxy's shared state: settings, the backend client, the streams, and the limits every
-//! request checks. Which handler answers a request is decided in [`crate::handlers`].
+//! request checks. Which handler answers a request is decided in `handlers`.
 
 use crate::identity::IdentityRule;
 use crate::log::LogBudget;
@@ -18,29 +18,29 @@ use tokio_util::sync::CancellationToken;
 /// State shared by every request.
 pub struct App {
     /// The settings.
-    pub settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
     /// The backend client.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     /// All streams.
     pub registry: Arc<Registry>,
     /// Who owns a stream.
-    pub identity: IdentityRule,
+    pub(crate) identity: IdentityRule,
     /// What every stream's reader shares.
-    pub readers: Arc<reframe::Shared>,
+    pub(crate) readers: Arc<reframe::Shared>,
     /// Learned answer lengths, when progress is on.
     pub learner: Option<Arc<Learner>>,
     /// Fires when shutdown starts.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Client connections served at once: `server.max_connections` (`/readyz` says when none is left).
     pub connections: Arc<Semaphore>,
     /// Upgraded (WebSocket) tunnels open at most: `server.max_connections`.
-    pub tunnels: Arc<Semaphore>,
+    pub(crate) tunnels: Arc<Semaphore>,
     /// Client-metrics rate limiter (`client_metrics.per_second`).
-    pub client_reports: RateLimit,
+    pub(crate) client_reports: RateLimit,
     /// What every request and stream counts into.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The stream store: every stream's events, for resumes of streams this process does not hold.
-    pub store: store::Handle,
+    pub(crate) store: store::Handle,
 }
 
 /// The memory store, bounded like the local logs.

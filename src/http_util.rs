@@ -19,7 +19,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// functions of a request wherever it comes from (a client connection, or a test).
 pub type RequestBody = BoxBody<Bytes, hyper::Error>;
 
-/// A request body of fixed bytes (for requests made in-process, such as in tests).
+/// A request body of fixed bytes (for requests made in-process by unit tests).
+#[cfg(test)]
 pub fn request_body(b: impl Into<Bytes>) -> RequestBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }

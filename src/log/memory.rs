@@ -103,7 +103,9 @@ pub struct MemoryLog {
 }
 
 impl MemoryLog {
-    /// An empty log for `stream` whose events are visible as soon as they are appended.
+    /// An empty log for `stream` whose events are visible as soon as they are appended (unit tests:
+    /// the proxy's logs are staged behind the store).
+    #[cfg(test)]
     pub fn new(stream: StreamId, max_bytes: usize, budget: Arc<LogBudget>) -> Self {
         Self::build(stream, max_bytes, budget, false)
     }

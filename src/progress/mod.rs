@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use history::{Estimate, Learner, StateError};
-pub use tracker::{Progress, Tracker};
+pub use history::Learner;
+pub use tracker::Tracker;
 
 /// Default minimum number of tokens between two progress events.
 pub const DEFAULT_EVERY_TOKENS: usize = 10;

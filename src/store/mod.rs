@@ -1,11 +1,11 @@
 //! The stream store: where a stream's log lives for everyone but the replica reading its upstream.
 //!
 //! The replica that reads an upstream serves its own connections from its in-memory
-//! [`crate::log::MemoryLog`] (no await, no allocation per token). Every batch of frames it appends
+//! `log::MemoryLog` (no await, no allocation per token). Every batch of frames it appends
 //! is also written here, in one call per batch, before any client is given the ids in it; a resume
 //! or a follower on another replica, or after a restart, replays from the store and tails it.
 //! [`Store`] is the asynchronous interface a networked store (Redis Streams) implements;
-//! [`MemoryStore`] is the first implementation, and [`contract`] is the test suite every store must
+//! [`MemoryStore`] is the first implementation, and `contract` is the test suite every store must
 //! pass.
 
 #[cfg(any(test, feature = "store-contract"))]
@@ -222,7 +222,7 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, id: StreamId, batch: Batch) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Frames after `after`, coalesced up to `max_bytes` (always at least one frame when any is
-    /// available), with the semantics of [`crate::log::StreamLog::read_after`].
+    /// available), with the semantics of `log::StreamLog::read_after`.
     fn read(&self, id: StreamId, after: u64, max_bytes: usize) -> BoxFuture<'_, Result<Read, StoreError>>;
 
     /// Resolves with [`Wait::Ready`] as soon as a read after `after` would not be `Pending` (at
