@@ -2,170 +2,14 @@
 
 mod common;
 
+use common::process::{json_lines, run, stream_config, ProxyProcess, TempFile};
 use common::*;
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sse-proxy");
 
 fn manifest_path(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-/// A temp file holding `text`, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> Self {
-        Self::with_bytes(name, text.as_bytes())
-    }
-
-    fn with_bytes(name: &str, bytes: &[u8]) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("sse-proxy-cli-{}-{nanos}-{name}", std::process::id()));
-        std::fs::write(&path, bytes).expect("write temp config");
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("utf8 path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A running proxy process; killed on drop.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    /// Starts the binary and waits for its `{"listening":..,"admin":..}` line.
-    fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sse-proxy");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("stderr");
-        let e2 = stderr.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e2.lock()
-                    .expect("lock")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            // Keep draining (the demo prints a banner) so the process never blocks on stdout.
-            for _ in lines {}
-        });
-        let first = match rx.recv_timeout(WAIT) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("no listening line; stderr: {}", stderr.lock().expect("lock"));
-            }
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first:?}"));
-        let obj = v.as_object().expect("object");
-        assert_eq!(obj.len(), 2, "{first}");
-        let addr = v["listening"].as_str().expect("listening").parse().expect("addr");
-        let admin = v["admin"].as_str().expect("admin").parse().expect("addr");
-        Proc {
-            child,
-            addr,
-            admin,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    fn sigterm(&self) {
-        let st = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success());
-    }
-
-    /// Waits for the process to exit.
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().expect("lock").clone()
-    }
-
-    /// All of stderr, once the process has exited (waits for the reader to see the end of the pipe).
-    fn stderr_to_end(&mut self) -> String {
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
-        self.stderr()
-    }
-}
-
-/// Runs the binary to completion: (exit code, stdout, stderr).
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run sse-proxy");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn check(config: &str) -> (i32, String, String) {
@@ -327,11 +171,7 @@ fn override_flags_work_before_and_after_the_subcommand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_stream_page_client_and_admin() {
-    let p = tokio::task::spawn_blocking(|| {
-        Proc::start(&["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-    })
-    .await
-    .expect("start");
+    let p = ProxyProcess::start(&["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).await;
     let resp = get(&format!("http://{}/api/question/text?question=hi", p.addr), &[]).await;
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).expect("json");
@@ -388,29 +228,10 @@ async fn demo_serves_stream_page_client_and_admin() {
     }
 }
 
-/// A config for the binary in front of a mock: `/stream` re-framed, 1 s shutdown grace.
+/// A config for the binary in front of a mock: `/stream` re-framed, 1 s shutdown grace, 500 ms
+/// heartbeats.
 fn temp_config(upstream: SocketAddr) -> TempFile {
-    TempFile::new(
-        "proxy.toml",
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-
-[upstream]
-url = "http://{upstream}"
-
-[[stream]]
-path = "/stream"
-token_path = "/content"
-
-[heartbeat]
-interval = "500ms"
-"#
-        ),
-    )
+    stream_config(upstream, "\n[heartbeat]\ninterval = \"500ms\"\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,22 +241,19 @@ async fn command_line_overrides_the_config() {
         _ => Reply::plain(200, "text/plain", "passthrough"),
     })
     .await;
-    let config = manifest_path("proxy.toml").to_str().expect("utf8").to_string();
+    let config = manifest_path("proxy.toml");
     let upstream = format!("http://{}", up.addr);
-    let p = tokio::task::spawn_blocking(move || {
-        Proc::start(&[
-            "--config",
-            &config,
-            "--upstream",
-            &upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-    })
-    .await
-    .expect("start");
+    let p = ProxyProcess::start(&[
+        "--config",
+        config.to_str().expect("utf8"),
+        "--upstream",
+        &upstream,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
     assert_ne!(p.addr.port(), 8080);
     assert_ne!(p.admin.port(), 9090);
     let events = Events::new(get(&format!("http://{}/api/question/stream?question=x", p.addr), &[]).await)
@@ -468,28 +286,15 @@ fn find_key<'a>(v: &'a serde_json::Value, key: &str, out: &mut Vec<&'a serde_jso
 async fn json_logs_carry_the_stream_id() {
     let up = MockUpstream::start(|_, _| Reply::sse(answer(&["a".into(), "b".into()], Duration::ZERO))).await;
     let cfg = temp_config(up.addr);
-    let path = cfg.path().to_string();
-    let mut p =
-        tokio::task::spawn_blocking(move || Proc::start(&["--config", &path, "--log-format", "json"]))
-            .await
-            .expect("start");
+    let p = ProxyProcess::start(&["--config", cfg.path(), "--log-format", "json"]).await;
     let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
     let id = resp.headers()["x-stream-id"].to_str().expect("ascii").to_string();
     let events = Events::new(resp).all().await;
     assert_eq!(text_of(&events), "ab");
     p.sigterm();
-    let (st, err) = tokio::task::spawn_blocking(move || {
-        let st = p.wait_exit(WAIT);
-        (st, p.stderr_to_end())
-    })
-    .await
-    .expect("join");
+    let (st, err) = p.exit().await;
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
-    let lines: Vec<serde_json::Value> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
-        .collect();
+    let lines = json_lines(&err);
     assert!(lines.len() >= 3, "{err}");
     let stream_lines: Vec<_> = lines
         .iter()
@@ -517,10 +322,7 @@ async fn sigterm_drains_then_ends_long_streams_with_shutdown() {
     })
     .await;
     let cfg = temp_config(up.addr);
-    let path = cfg.path().to_string();
-    let mut p = tokio::task::spawn_blocking(move || Proc::start(&["--config", &path]))
-        .await
-        .expect("start");
+    let p = ProxyProcess::start(&["--config", cfg.path()]).await;
     let mut long = Events::new(get(&format!("http://{}/stream?kind=long", p.addr), &[]).await);
     assert_eq!(long.next().await.expect("thinking").event, "thinking");
     assert_eq!(long.next().await.expect("first batch").event, "message");
@@ -577,8 +379,6 @@ async fn sigterm_drains_then_ends_long_streams_with_shutdown() {
     );
     assert!(!long_events.iter().any(|e| e.event == "done"));
 
-    let st = tokio::task::spawn_blocking(move || p.wait_exit(WAIT))
-        .await
-        .expect("join");
+    let (st, _) = p.exit().await;
     assert!(st.is_some_and(|s| s.success()), "exit status {st:?}");
 }

@@ -9,53 +9,51 @@ use common::h2raw::{self, RawFrame};
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Whether the proxy closes the connection (end of stream or reset) within `WAIT`, whatever it
-/// sends before.
-async fn closed_by_proxy(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
+/// Reads one response of the plain mock from `s`: its head and its chunked body as framed on the
+/// wire.
+async fn read_chunked(s: &mut TcpStream) -> (String, Vec<u8>) {
+    let (head, body) = tcp::read_response(s).await;
+    assert!(
+        head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (head, body)
 }
 
-/// Reads one HTTP/1.1 response from `s` (the mock answers chunked): its head and raw body.
-async fn read_response(s: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let body = &buf[end + 4..];
-            if body.ends_with(b"0\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
-                assert!(
-                    head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
-                    "{head}"
-                );
-                return (head, body.to_vec());
-            }
-        }
-        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
-            .await
-            .expect("response in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed in the response: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
+/// Openings after which a client sends nothing more: none at all, part of the h2 preface, the
+/// preface without a request.
+fn silent_openings() -> Vec<(&'static str, Vec<u8>)> {
+    let mut preface_only = h2raw::PREFACE.to_vec();
+    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    vec![
+        ("no byte at all", Vec::new()),
+        ("part of the h2 preface", h2raw::PREFACE[..16].to_vec()),
+        ("the h2 preface and no request", preface_only),
+    ]
+}
+
+/// Sends each case's bytes on a connection of its own to `addr`, all at once, and asserts the
+/// proxy closes every one of them.
+async fn assert_each_closed(addr: SocketAddr, cases: Vec<(&'static str, Vec<u8>)>, what: &str) {
+    let tasks: Vec<_> = cases
+        .into_iter()
+        .map(|(name, bytes)| {
+            tokio::spawn(async move {
+                let mut s = tcp::open(addr, &bytes).await;
+                (name, tcp::closed_by_peer(&mut s).await)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (name, closed) = t.await.expect("join");
+        assert!(closed, "{name}: {what} was not closed");
     }
 }
 
@@ -81,35 +79,32 @@ async fn plain_upstream() -> MockUpstream {
     MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "fine")).await
 }
 
+/// The plain mock behind a proxy that closes idle connections after 300 ms. A request head may
+/// take a minute: only the idle timeout can close a connection in time.
+async fn idle_proxy() -> (MockUpstream, TestProxy) {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |c| {
+        c.server.header_read_timeout.0 = Duration::from_secs(60);
+        c.server.idle_timeout.0 = ms(300);
+    })
+    .await;
+    (up, p)
+}
+
+const GET_ONE: &[u8] = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n";
+
 #[tokio::test]
 async fn silent_and_half_open_connections_are_closed_after_header_read_timeout() {
     let up = plain_upstream().await;
     let p = proxy(up.addr, |c| c.server.header_read_timeout.0 = ms(200)).await;
-    let mut preface_only = h2raw::PREFACE.to_vec();
-    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
-    let cases: [(&str, &[u8]); 5] = [
-        ("no byte at all", b""),
-        ("part of the h2 preface", &h2raw::PREFACE[..16]),
-        ("the h2 preface and no request", &preface_only),
-        ("one byte", b"G"),
-        ("part of an HTTP/1.1 head", b"GET / HTTP/1.1\r\nHost: x\r\n"),
-    ];
+    let mut cases = silent_openings();
+    cases.push(("one byte", b"G".to_vec()));
+    cases.push((
+        "part of an HTTP/1.1 head",
+        b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec(),
+    ));
     let addr = p.addr;
-    let tasks: Vec<_> = cases
-        .into_iter()
-        .map(|(name, bytes)| {
-            let bytes = bytes.to_vec();
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(addr).await.expect("connect");
-                s.write_all(&bytes).await.expect("write");
-                (name, closed_by_proxy(&mut s).await)
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (name, closed) = t.await.expect("join");
-        assert!(closed, "{name}: the connection was not closed");
-    }
+    assert_each_closed(addr, cases, "the connection").await;
     assert_eq!(up.requests(), 0);
     // The proxy still serves.
     let resp = get(&format!("http://{addr}/after"), &[]).await;
@@ -129,7 +124,7 @@ async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_cl
     assert_eq!(readyz(p.admin).await.0, 200);
     let mut silent = Vec::new();
     for _ in 0..2 {
-        silent.push(TcpStream::connect(p.addr).await.expect("connect"));
+        silent.push(tcp::connect(p.addr).await);
     }
     assert!(
         readyz_becomes(p.admin, 503).await,
@@ -142,7 +137,7 @@ async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_cl
     assert_eq!(resp.status(), 200);
     assert_eq!(body_bytes(resp).await, "fine");
     for s in &mut silent {
-        assert!(closed_by_proxy(s).await, "a silent socket was not closed");
+        assert!(tcp::closed_by_peer(s).await, "a silent socket was not closed");
     }
     assert!(
         readyz_becomes(p.admin, 200).await,
@@ -154,28 +149,19 @@ async fn at_max_connections_readyz_is_503_and_silent_sockets_do_not_keep_real_cl
 
 #[tokio::test]
 async fn idle_http1_keep_alive_is_closed_after_idle_timeout() {
-    let up = plain_upstream().await;
-    // A request head may take a minute: only the idle timeout can close this connection in time.
-    let p = proxy(up.addr, |c| {
-        c.server.header_read_timeout.0 = Duration::from_secs(60);
-        c.server.idle_timeout.0 = ms(300);
-    })
-    .await;
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let (head, body) = read_response(&mut s).await;
+    let (_up, p) = idle_proxy().await;
+    let mut s = tcp::open(p.addr, GET_ONE).await;
+    let (head, body) = read_chunked(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, b"4\r\nfine\r\n0\r\n\r\n");
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
-        .await
-        .expect("the idle connection was not closed")
-        .expect("closed cleanly, not reset");
+    let (rest, end) = tcp::read_to_end(&mut s, WAIT).await;
     assert_eq!(
-        n,
-        0,
+        end,
+        tcp::End::Closed,
+        "the idle connection was not closed in time, or was reset"
+    );
+    assert!(
+        rest.is_empty(),
         "sent after the response: {:?}",
         String::from_utf8_lossy(&rest)
     );
@@ -183,13 +169,8 @@ async fn idle_http1_keep_alive_is_closed_after_idle_timeout() {
 
 #[tokio::test]
 async fn idle_h2c_connection_gets_goaway_after_idle_timeout() {
-    let up = plain_upstream().await;
-    let p = proxy(up.addr, |c| {
-        c.server.header_read_timeout.0 = Duration::from_secs(60);
-        c.server.idle_timeout.0 = ms(300);
-    })
-    .await;
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
+    let (_up, p) = idle_proxy().await;
+    let mut s = tcp::connect(p.addr).await;
     h2raw::handshake(&mut s).await.expect("handshake");
     s.write_all(&h2raw::get_request(1, "/one"))
         .await
@@ -221,15 +202,12 @@ async fn a_later_request_head_must_also_arrive_within_header_read_timeout() {
         c.server.idle_timeout.0 = Duration::from_secs(60);
     })
     .await;
-    let mut s = TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let (head, _) = read_response(&mut s).await;
+    let mut s = tcp::open(p.addr, GET_ONE).await;
+    let (head, _) = read_chunked(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s.write_all(b"GET /two HTTP/1.1\r\nHo").await.expect("write");
     assert!(
-        closed_by_proxy(&mut s).await,
+        tcp::closed_by_peer(&mut s).await,
         "a half-sent second head kept the connection"
     );
     assert_eq!(up.requests(), 1);
@@ -251,16 +229,10 @@ async fn streams_longer_than_idle_timeout_are_not_cut() {
     assert_eq!(text_of(&events), tokens.concat(), "HTTP/1.1");
     assert_eq!(events.last().expect("events").event, "done");
 
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let req = http::Request::get(format!("http://{}/stream", p.addr))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("request");
-    let resp = tokio::time::timeout(WAIT, client.request(req))
-        .await
-        .expect("in time")
-        .expect("h2 response");
+    let resp = send_on(&h2c_client(), req).await;
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let events = Events::new(resp).all().await;
     assert_eq!(text_of(&events), tokens.concat(), "h2c");
@@ -276,13 +248,13 @@ async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_o
         c.server.max_connections = 2;
     })
     .await;
-    let mut oldest = TcpStream::connect(p.addr).await.expect("connect");
+    let mut oldest = tcp::connect(p.addr).await;
     let slots = p.app.connections.clone();
     assert!(
         wait_for(WAIT, || slots.available_permits() == 1).await,
         "not accepted"
     );
-    let mut newer = TcpStream::connect(p.addr).await.expect("connect");
+    let mut newer = tcp::connect(p.addr).await;
     assert!(
         readyz_becomes(p.admin, 503).await,
         "readyz stays 200 at max_connections"
@@ -290,7 +262,7 @@ async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_o
     let resp = get(&format!("http://{}/real", p.addr), &[]).await;
     assert_eq!(body_bytes(resp).await, "fine");
     assert!(
-        closed_by_proxy(&mut oldest).await,
+        tcp::closed_by_peer(&mut oldest).await,
         "the oldest silent socket was kept"
     );
     // The newer one is still open: writing a request now gets it served.
@@ -298,7 +270,7 @@ async fn at_max_connections_a_socket_that_sent_no_request_makes_room_for_a_new_o
         .write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let (head, _) = read_response(&mut newer).await;
+    let (head, _) = read_chunked(&mut newer).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
@@ -337,29 +309,8 @@ async fn at_max_connections_a_connection_with_a_request_in_flight_is_never_close
 async fn the_admin_listener_closes_silent_connections_after_header_read_timeout() {
     let up = plain_upstream().await;
     let p = proxy(up.addr, |c| c.server.header_read_timeout.0 = ms(200)).await;
-    let mut preface_only = h2raw::PREFACE.to_vec();
-    preface_only.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
-    let cases: [(&str, &[u8]); 3] = [
-        ("no byte at all", b""),
-        ("part of the h2 preface", &h2raw::PREFACE[..16]),
-        ("the h2 preface and no request", &preface_only),
-    ];
     let admin = p.admin;
-    let tasks: Vec<_> = cases
-        .into_iter()
-        .map(|(name, bytes)| {
-            let bytes = bytes.to_vec();
-            tokio::spawn(async move {
-                let mut s = TcpStream::connect(admin).await.expect("connect");
-                s.write_all(&bytes).await.expect("write");
-                (name, closed_by_proxy(&mut s).await)
-            })
-        })
-        .collect();
-    for t in tasks {
-        let (name, closed) = t.await.expect("join");
-        assert!(closed, "{name}: the admin connection was not closed");
-    }
+    assert_each_closed(admin, silent_openings(), "the admin connection").await;
     assert_eq!(readyz(admin).await.0, 200);
 }
 
@@ -373,13 +324,13 @@ async fn the_admin_listener_caps_its_connections_and_silent_ones_make_room() {
     .await;
     let mut silent = Vec::new();
     for _ in 0..sse_proxy::admin::MAX_CONNECTIONS {
-        silent.push(TcpStream::connect(p.admin).await.expect("connect"));
+        silent.push(tcp::connect(p.admin).await);
     }
     // One more connection is over the cap: the oldest silent one is closed to make room for it.
     let (status, body) = readyz(p.admin).await;
     assert_eq!((status, &body["status"]), (200, &serde_json::json!("ready")));
     assert!(
-        closed_by_proxy(&mut silent[0]).await,
+        tcp::closed_by_peer(&mut silent[0]).await,
         "the admin listener kept more than {} connections",
         sse_proxy::admin::MAX_CONNECTIONS
     );
@@ -389,10 +340,6 @@ async fn the_admin_listener_caps_its_connections_and_silent_ones_make_room() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut head = [0u8; 12];
-    tokio::time::timeout(WAIT, newest.read_exact(&mut head))
-        .await
-        .expect("answer in time")
-        .expect("an answer");
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let head = tcp::read_head(newest).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }

@@ -147,26 +147,13 @@ fn validate(text: &str) -> HashMap<String, String> {
 
 /// A passthrough POST whose chunked body is malformed; waits for the proxy's answer.
 async fn broken_chunked_body(addr: std::net::SocketAddr) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nZZ\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed without an answer");
-        head.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 400"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut s = tcp::open(
+        addr,
+        b"POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nZZ\r\n",
+    )
+    .await;
+    let head = tcp::read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
 
 #[tokio::test]
@@ -284,25 +271,13 @@ async fn metrics_are_well_formed_and_complete() {
     }
 }
 
-/// A backend that accepts connections and never answers.
-async fn mute_backend() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn a_backend_that_never_answers_and_one_that_goes_silent_count_apart() {
     const BEFORE_STREAM: &str = "sse_proxy_errors_total{code=\"upstream_response_timeout\"}";
     const MID_STREAM: &str = "sse_proxy_errors_total{code=\"upstream_timeout\"}";
 
-    let p = proxy(mute_backend().await, |c| c.upstream.response_timeout.0 = ms(300)).await;
+    let mute = tcp::mute_server().await;
+    let p = proxy(mute.addr, |c| c.upstream.response_timeout.0 = ms(300)).await;
     let resp = get(&format!("http://{}/stream", p.addr), &[]).await;
     assert_eq!(resp.status(), 504);
     // The JSON code is the one PROTOCOL.md gives the 504; only the metric label differs.

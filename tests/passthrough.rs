@@ -9,14 +9,15 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sse_proxy::config::ModelSource;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -123,7 +124,7 @@ async fn headers_pass_and_hop_by_hop_are_removed_both_ways() {
                Proxy-Authorization: Basic eDp5\r\n\
                X-Forwarded-For: 10.0.0.1\r\n\
                \r\n";
-    let (head, body) = raw_exchange(p.addr, req.as_bytes()).await;
+    let (head, body) = tcp::exchange(p.addr, req.as_bytes()).await;
     let head_l = head.to_ascii_lowercase();
     assert!(head.starts_with("HTTP/1.1 418"), "{head}");
     assert!(head_l.contains("\r\nx-custom-resp: resp-value\r\n"), "{head}");
@@ -163,75 +164,6 @@ async fn headers_pass_and_hop_by_hop_are_removed_both_ways() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "app.example");
     assert_eq!(h["host"], up.addr.to_string());
-}
-
-/// Writes a raw request, reads one response with a Content-Length or chunked body, returns (head, body).
-async fn raw_exchange(addr: SocketAddr, req: &[u8]) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(req).await.expect("write");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
-            let rest = buf[end + 4..].to_vec();
-            let lower = head.to_ascii_lowercase();
-            let body = if let Some(cl) = lower
-                .split("\r\n")
-                .find_map(|l| l.strip_prefix("content-length:"))
-            {
-                let n: usize = cl.trim().parse().expect("content-length");
-                let mut rest = rest;
-                while rest.len() < n {
-                    let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-                        .await
-                        .expect("in time")
-                        .expect("read");
-                    assert!(k > 0, "closed early");
-                    rest.extend_from_slice(&chunk[..k]);
-                }
-                rest[..n].to_vec()
-            } else {
-                let mut rest = rest;
-                while !rest.ends_with(b"0\r\n\r\n") {
-                    let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-                        .await
-                        .expect("in time")
-                        .expect("read");
-                    assert!(k > 0, "closed early");
-                    rest.extend_from_slice(&chunk[..k]);
-                }
-                dechunk(&rest)
-            };
-            return (head, body);
-        }
-        let k = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .expect("in time")
-            .expect("read");
-        assert!(
-            k > 0,
-            "closed before the response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..k]);
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let nl = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..nl]).expect("ascii").trim(), 16).expect("hex");
-        b = &b[nl + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
 }
 
 type ChanBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -298,8 +230,7 @@ async fn large_bodies_stream_without_being_buffered() {
     let req = Request::post(format!("http://{}/big", p.addr))
         .body(req_body)
         .expect("request");
-    let client: Client<_, ChanBody> = Client::builder(TokioExecutor::new()).build_http();
-    let resp = tokio::spawn(async move { client.request(req).await });
+    let resp = tokio::spawn(send_request(req));
     let pattern = |i: usize| Bytes::from(vec![(i % 251) as u8; CHUNK]);
     body_tx.send(pattern(0)).await.expect("send first chunk");
     let mut got = 0usize;
@@ -329,8 +260,7 @@ async fn large_bodies_stream_without_being_buffered() {
     let resp = tokio::time::timeout(WAIT, resp)
         .await
         .expect("response in time")
-        .expect("join")
-        .expect("response");
+        .expect("join");
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut received = Vec::with_capacity(CHUNK * CHUNKS);
@@ -360,21 +290,12 @@ async fn large_bodies_stream_without_being_buffered() {
     }
 }
 
-fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
 /// Sends over h2c and checks the answer came back as HTTP/2 with status 200.
 async fn h2_ok(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &Client<HttpConnector, Full<Bytes>>,
     req: Request<Full<Bytes>>,
 ) -> http::Response<hyper::body::Incoming> {
-    let resp = tokio::time::timeout(WAIT, client.request(req))
-        .await
-        .expect("in time")
-        .expect("h2 response");
+    let resp = send_on(client, req).await;
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     resp
@@ -399,7 +320,7 @@ async fn h2c_prior_knowledge_passthrough_and_stream() {
     })
     .await;
     let p = proxy(up.addr, |_| {}).await;
-    let client = h2_client();
+    let client = h2c_client();
     let body = all_bytes(8);
     let req = Request::post(format!("http://{}/h2/echo?a=%20b", p.addr))
         .header("x-custom", "h2")
@@ -425,23 +346,6 @@ async fn h2c_prior_knowledge_passthrough_and_stream() {
     assert_eq!(events.last().expect("events").event, "done");
 }
 
-/// Sends raw bytes and returns what came back before the connection closed (or 3 s passed).
-async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    // The proxy may answer and close before reading everything: a failed write is fine.
-    let _ = s.write_all(bytes).await;
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&chunk[..n]);
-    }
-    out
-}
-
 #[tokio::test]
 async fn malformed_requests_get_errors_and_the_proxy_survives() {
     let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "fine")).await;
@@ -463,7 +367,7 @@ async fn malformed_requests_get_errors_and_the_proxy_survives() {
     ];
     for (name, bytes) in cases {
         let before = up.requests();
-        let out = raw_send(p.addr, &bytes).await;
+        let out = tcp::send_raw(p.addr, &bytes).await;
         let text = String::from_utf8_lossy(&out);
         if !out.is_empty() {
             let status: u16 = text
@@ -562,19 +466,17 @@ async fn model_from_body_pointer_picks_the_model() {
 
 /// A backend that accepts any upgrade and then echoes bytes back in upper case.
 async fn upgrading_backend() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read_exact(&mut byte).await.is_err() {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if tcp::read_past(&mut s, &mut head, 0, b"\r\n\r\n", usize::MAX)
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 assert!(head.contains("upgrade: shout"), "backend got the upgrade: {head}");
@@ -597,23 +499,14 @@ async fn upgrading_backend() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn upgrades_are_tunnelled_both_ways() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = upgrading_backend().await;
     let p = proxy(backend, |_| {}).await;
-    let mut s = tokio::net::TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\n")
-        .await
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(WAIT, s.read_exact(&mut byte))
-            .await
-            .expect("in time")
-            .expect("read");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let mut s = tcp::open(
+        p.addr,
+        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\n",
+    )
+    .await;
+    let head = tcp::read_head(&mut s).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: shout"), "{head}");
     for msg in [&b"hello"[..], b"second message"] {
@@ -639,7 +532,7 @@ fn head_value(head: &str, name: &str) -> Option<String> {
 async fn options_asterisk_is_answered_by_the_proxy() {
     let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "from the backend")).await;
     let p = proxy(up.addr, |_| {}).await;
-    let (head, body) = raw_exchange(p.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = tcp::exchange(p.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let allow = head_value(&head, "allow").unwrap_or_else(|| panic!("no Allow: {head}"));
     for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
@@ -648,7 +541,7 @@ async fn options_asterisk_is_answered_by_the_proxy() {
     assert!(!allow.contains("CONNECT"), "{allow}");
     assert!(body.is_empty(), "{:?}", String::from_utf8_lossy(&body));
     // `*` with any other method is a bad request, not a request to the backend.
-    let (head, body) = raw_exchange(p.addr, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = tcp::exchange(p.addr, b"GET * HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert_eq!(json_of(&body)["error"], "bad_request");
     assert_eq!(up.requests(), 0, "forwarded to the backend");
@@ -664,7 +557,7 @@ async fn connect_is_refused_with_405() {
     let p = proxy(up.addr, |_| {}).await;
     let target = up.addr.to_string();
     let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    let (head, body) = raw_exchange(p.addr, req.as_bytes()).await;
+    let (head, body) = tcp::exchange(p.addr, req.as_bytes()).await;
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     let allow = head_value(&head, "allow").unwrap_or_else(|| panic!("no Allow: {head}"));
     assert!(allow.contains("GET") && !allow.contains("CONNECT"), "{allow}");
@@ -696,7 +589,7 @@ async fn a_broken_chunked_body_is_the_clients_error() {
     let unreachable = "sse_proxy_errors_total{code=\"upstream_unreachable\"}";
     let client_errors = "sse_proxy_client_errors_total{reason=\"bad_body\"}";
     let req = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nmore\r\n0\r\n\r\n";
-    let (head, body) = raw_exchange(p.addr, req).await;
+    let (head, body) = tcp::exchange(p.addr, req).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     let v = json_of(&body);
     assert_eq!(v["error"], "bad_body", "{v}");
@@ -720,7 +613,7 @@ async fn a_broken_chunked_body_is_the_clients_error() {
     // A stream route reads the body itself: same answer, no detail.
     let seen = up.requests();
     let req = b"POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n";
-    let (head, body) = raw_exchange(p.addr, req).await;
+    let (head, body) = tcp::exchange(p.addr, req).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     let v = json_of(&body);
     assert_eq!(v["error"], "bad_body", "{v}");

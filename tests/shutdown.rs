@@ -3,30 +3,9 @@
 
 mod common;
 
-use common::process::{ProxyProcess, TempFile};
+use common::process::{json_lines, stream_config, ProxyProcess};
 use common::*;
 use std::time::Duration;
-
-fn config(upstream: std::net::SocketAddr) -> TempFile {
-    TempFile::new(
-        "proxy.toml",
-        &format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-
-[upstream]
-url = "http://{upstream}"
-
-[[stream]]
-path = "/stream"
-token_path = "/content"
-"#
-        ),
-    )
-}
 
 /// The admin `/streams` list.
 async fn streams(admin: std::net::SocketAddr) -> serde_json::Value {
@@ -37,13 +16,8 @@ async fn streams(admin: std::net::SocketAddr) -> serde_json::Value {
 async fn sigterm_with_a_detached_stream_logs_no_error_and_exits_0() {
     let tokens: Vec<String> = (0..600).map(|i| format!("t{i} ")).collect();
     let up = MockUpstream::start(move |_, _| Reply::sse(answer(&tokens, Duration::from_millis(50)))).await;
-    let cfg = config(up.addr);
-    let path = cfg.path().to_string();
-    let mut p = tokio::task::spawn_blocking(move || {
-        ProxyProcess::start(&["--config", &path, "--log-format", "json"])
-    })
-    .await
-    .expect("start");
+    let cfg = stream_config(up.addr, "");
+    let p = ProxyProcess::start(&["--config", cfg.path(), "--log-format", "json"]).await;
 
     let mut events = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await);
     assert_eq!(events.next().await.expect("thinking").event, "thinking");
@@ -61,21 +35,12 @@ async fn sigterm_with_a_detached_stream_logs_no_error_and_exits_0() {
     assert!(detached, "the stream runs on with no client attached");
 
     p.sigterm();
-    let (status, log) = tokio::task::spawn_blocking(move || {
-        let status = p.wait_exit(WAIT);
-        (status, p.stderr())
-    })
-    .await
-    .expect("join");
+    let (status, log) = p.exit().await;
     assert!(
         status.is_some_and(|s| s.success()),
         "exit status {status:?}; log:\n{log}"
     );
-    let lines: Vec<serde_json::Value> = log
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
-        .collect();
+    let lines = json_lines(&log);
     let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "errors logged at shutdown: {errors:?}");
     let finished: Vec<_> = lines

@@ -234,16 +234,8 @@ async fn upstream_down_gives_502_json() {
 
 #[tokio::test]
 async fn slow_upstream_gives_504_json() {
-    // Accepts connections but never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    let p = proxy(addr, |c| c.upstream.response_timeout.0 = ms(300)).await;
+    let mute = tcp::mute_server().await;
+    let p = proxy(mute.addr, |c| c.upstream.response_timeout.0 = ms(300)).await;
     let resp = get(&format!("http://{}/x", p.addr), &[]).await;
     assert_eq!(resp.status(), 504);
     let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).expect("json");
@@ -280,18 +272,15 @@ async fn metrics_count_batching_saving() {
 
 #[tokio::test]
 async fn slow_request_body_on_a_stream_route_gets_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("x")])).await;
     let p = proxy(up.addr, |c| c.server.body_read_timeout.0 = ms(300)).await;
-    let mut s = tokio::net::TcpStream::connect(p.addr).await.expect("connect");
-    s.write_all(b"POST /stream HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"q\":")
-        .await
-        .expect("write");
-    let mut resp = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
-        .await
-        .expect("answer in time")
-        .expect("read");
+    let mut s = tcp::open(
+        p.addr,
+        b"POST /stream HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"q\":",
+    )
+    .await;
+    let (resp, end) = tcp::read_to_end(&mut s, WAIT).await;
+    assert_eq!(end, tcp::End::Closed, "answer in time, then closed");
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"error\":\"body_timeout\""), "{text}");
@@ -300,26 +289,20 @@ async fn slow_request_body_on_a_stream_route_gets_408() {
 
 #[tokio::test]
 async fn requests_waiting_for_their_body_hold_no_stream_slot() {
-    use tokio::io::AsyncWriteExt;
     let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("x"), ev(Some("done"), "{}")])).await;
     let p = proxy(up.addr, |c| c.limits.max_streams = 2).await;
     let mut silent = Vec::new();
     for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(p.addr).await.expect("connect");
         // `Expect: 100-continue` makes the proxy say when it starts reading the body, so the test
         // knows the request reached the stream handler before the real one is sent.
-        s.write_all(
+        let mut s = tcp::open(
+            p.addr,
             b"POST /stream HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
               Content-Length: 100\r\nExpect: 100-continue\r\n\r\n",
         )
-        .await
-        .expect("write");
-        let head = read_until(&mut s, b"\r\n\r\n").await;
-        assert!(
-            head.starts_with(b"HTTP/1.1 100"),
-            "{}",
-            String::from_utf8_lossy(&head)
-        );
+        .await;
+        let head = tcp::read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 100"), "{head}");
         silent.push(s);
     }
     let resp = send("POST", &format!("http://{}/stream", p.addr), &[], "{}").await;
@@ -332,20 +315,4 @@ async fn requests_waiting_for_their_body_hold_no_stream_slot() {
     assert_eq!(text_of(&events), "x");
     assert_eq!(p.app.registry.running(), 0);
     drop(silent);
-}
-
-/// Reads from `s` until `end` has been received; returns everything read.
-async fn read_until(s: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.windows(end.len()).any(|w| w == end) {
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .expect("bytes in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    got
 }

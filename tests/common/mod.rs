@@ -2,17 +2,20 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod client;
 pub mod h2raw;
 pub mod process;
 pub mod raw;
+pub mod tcp;
+
+pub use client::*;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use sse_proxy::config::Config;
 use sse_proxy::sse::Parser;
 use std::convert::Infallible;
@@ -20,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -148,17 +150,11 @@ pub struct Seen {
     pub bodies: Mutex<Vec<Bytes>>,
 }
 
-/// A running mock upstream.
+/// A running mock upstream; stops accepting when dropped.
 pub struct MockUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
-    stop: CancellationToken,
-}
-
-impl Drop for MockUpstream {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: tcp::Server,
 }
 
 struct Script {
@@ -188,39 +184,35 @@ impl MockUpstream {
     where
         F: Fn(&http::request::Parts, &Bytes) -> Reply + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-        let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Seen::default());
-        let stop = CancellationToken::new();
         let f = Arc::new(f);
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    _ = stop2.cancelled() => return,
-                    r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-                };
-                let (f, seen) = (f.clone(), seen2.clone());
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let (f, seen) = (f.clone(), seen.clone());
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        seen.requests.fetch_add(1, Ordering::SeqCst);
-                        let reply = f(&parts, &body);
-                        seen.log.lock().unwrap().push(parts);
-                        seen.bodies.lock().unwrap().push(body);
-                        Ok::<_, Infallible>(respond(reply, seen))
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
+        let seen2 = seen.clone();
+        let server = tcp::Server::start(move |tcp, _| {
+            let (f, seen) = (f.clone(), seen2.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (f, seen) = (f.clone(), seen.clone());
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    seen.requests.fetch_add(1, Ordering::SeqCst);
+                    let reply = f(&parts, &body);
+                    seen.log.lock().unwrap().push(parts);
+                    seen.bodies.lock().unwrap().push(body);
+                    Ok::<_, Infallible>(respond(reply, seen))
+                }
+            });
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
             }
-        });
-        MockUpstream { addr, seen, stop }
+        })
+        .await;
+        MockUpstream {
+            addr: server.addr,
+            seen,
+            _server: server,
+        }
     }
 
     /// The last request line and headers received.
@@ -394,39 +386,7 @@ pub async fn proxy_on_store(cfg: Config, store: Option<sse_proxy::store::Handle>
 }
 
 // ------------------------------------------------------------------------------------------
-// Client
-
-/// A plain HTTP/1.1 client.
-pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// Sends a request and returns the response (headers only; body still streaming).
-pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Response<Incoming> {
-    let mut b = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b.body(Full::new(Bytes::from(body.to_string()))).expect("request");
-    tokio::time::timeout(WAIT, client().request(req))
-        .await
-        .expect("response in time")
-        .expect("response")
-}
-
-/// GET with headers.
-pub async fn get(url: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
-    send("GET", url, headers, "").await
-}
-
-/// Reads a whole body as bytes.
-pub async fn body_bytes(resp: Response<Incoming>) -> Bytes {
-    tokio::time::timeout(WAIT, resp.into_body().collect())
-        .await
-        .expect("body in time")
-        .expect("body")
-        .to_bytes()
-}
+// Reading responses (requests are sent by `client`, raw bytes by `tcp`)
 
 /// A parsed downstream event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -556,24 +516,6 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Sends a request with a binary body and returns the response (headers only; body still streaming).
-pub async fn send_bytes(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> Response<Incoming> {
-    let mut b = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b.body(Full::new(body)).expect("request");
-    tokio::time::timeout(WAIT, client().request(req))
-        .await
-        .expect("response in time")
-        .expect("response")
-}
-
 /// Percent-encodes a query parameter value (`application/x-www-form-urlencoded`).
 pub fn qs(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
@@ -581,14 +523,6 @@ pub fn qs(value: &str) -> String {
 
 // ------------------------------------------------------------------------------------------
 // More helpers (resume, cancel, chaos)
-
-/// Sends a prebuilt request (for header values that are not valid UTF-8, say).
-pub async fn send_request(req: Request<Full<Bytes>>) -> Response<Incoming> {
-    tokio::time::timeout(WAIT, client().request(req))
-        .await
-        .expect("response in time")
-        .expect("response")
-}
 
 /// The `X-Stream-Id` of a stream response.
 pub fn stream_id_of(resp: &Response<Incoming>) -> String {

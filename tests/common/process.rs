@@ -1,4 +1,5 @@
-//! The real `sse-proxy` binary as a child process: started on port 0, signalled, its log kept.
+//! The real `sse-proxy` binary as a child process: run to completion, or started on port 0,
+//! signalled, and its log kept.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -9,18 +10,23 @@ use std::time::{Duration, Instant};
 /// The binary Cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sse-proxy");
 
-/// A temporary file holding some text, removed on drop.
+/// A temporary file, removed on drop.
 pub struct TempFile(PathBuf);
 
 impl TempFile {
     /// Writes `text` to a new file whose name ends with `name`.
     pub fn new(name: &str, text: &str) -> Self {
+        Self::with_bytes(name, text.as_bytes())
+    }
+
+    /// Writes `bytes` (not necessarily UTF-8) to a new file whose name ends with `name`.
+    pub fn with_bytes(name: &str, bytes: &[u8]) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let file = format!("sse-proxy-test-{}-{nanos}-{name}", std::process::id());
         let path = std::env::temp_dir().join(file);
-        std::fs::write(&path, text).expect("write temp file");
+        std::fs::write(&path, bytes).expect("write temp file");
         TempFile(path)
     }
 
@@ -34,6 +40,51 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A config for the binary in front of `upstream`: both listeners on port 0, a 1 s shutdown grace,
+/// `/stream` re-framed with the token at `/content`, then `extra` TOML.
+pub fn stream_config(upstream: SocketAddr, extra: &str) -> TempFile {
+    TempFile::new(
+        "proxy.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "1s"
+
+[upstream]
+url = "http://{upstream}"
+
+[[stream]]
+path = "/stream"
+token_path = "/content"
+{extra}"#
+        ),
+    )
+}
+
+/// Runs the binary with `args` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run sse-proxy");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The lines of a JSON log, each parsed; panics on a line that is not JSON.
+pub fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
+        .collect()
 }
 
 /// A running proxy process; killed on drop.
@@ -54,9 +105,16 @@ impl Drop for ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Starts the binary with `args` and `RUST_LOG=info`, and waits for its listening line.
-    /// Blocking: call it from `spawn_blocking` in async tests.
-    pub fn start(args: &[&str]) -> ProxyProcess {
+    /// Starts the binary with `args` and `RUST_LOG=info`, and waits for its
+    /// `{"listening":..,"admin":..}` line.
+    pub async fn start(args: &[&str]) -> ProxyProcess {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&args))
+            .await
+            .expect("start")
+    }
+
+    fn start_blocking(args: &[String]) -> ProxyProcess {
         let mut child = Command::new(BIN)
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -80,6 +138,7 @@ impl ProxyProcess {
             if let Some(Ok(first)) = lines.next() {
                 let _ = tx.send(first);
             }
+            // Keep draining (the demo prints a banner) so the process never blocks on stdout.
             for _ in lines {}
         });
         let Ok(first) = rx.recv_timeout(super::WAIT) else {
@@ -89,6 +148,8 @@ impl ProxyProcess {
         };
         let v: serde_json::Value =
             serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first:?}"));
+        let obj = v.as_object().expect("object");
+        assert_eq!(obj.len(), 2, "{first}");
         let addr = v["listening"].as_str().expect("listening").parse().expect("addr");
         let admin = v["admin"].as_str().expect("admin").parse().expect("addr");
         ProxyProcess {
@@ -109,8 +170,28 @@ impl ProxyProcess {
         assert!(st.success());
     }
 
-    /// Waits up to `within` for the process to exit. Blocking.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    /// Waits up to `WAIT` for the process to exit: its status (`None` if it had to be killed) and
+    /// everything it wrote to stderr.
+    pub async fn exit(mut self) -> (Option<ExitStatus>, String) {
+        tokio::task::spawn_blocking(move || {
+            let status = self.wait_exit(super::WAIT);
+            if status.is_none() {
+                // Killed, so that its stderr pipe closes and can be read to the end.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+            let log = self
+                .stderr
+                .take()
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default();
+            (status, log)
+        })
+        .await
+        .expect("join")
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
@@ -121,14 +202,5 @@ impl ProxyProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// Everything the process wrote to stderr; waits for the pipe to close. Blocking: call it
-    /// after the process exited.
-    pub fn stderr(&mut self) -> String {
-        self.stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
     }
 }

@@ -2,14 +2,14 @@
 //! can send what no well-behaved HTTP server would (a body cut mid-event, a chunked body without
 //! its last chunk, a reset, bytes one at a time, an error page inside a body).
 
+use super::tcp;
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 /// Largest request head (and body) the mock reads.
 const MAX_REQUEST: usize = 1 << 20;
@@ -76,17 +76,11 @@ pub fn last_chunk() -> Raw {
     Raw::Bytes(Bytes::from_static(b"0\r\n\r\n"))
 }
 
-/// A running raw mock upstream; stops accepting when dropped.
+/// A running raw mock upstream; stops when dropped.
 pub struct RawUpstream {
     pub addr: SocketAddr,
     requests: Arc<AtomicUsize>,
-    stop: CancellationToken,
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _server: tcp::Server,
 }
 
 impl RawUpstream {
@@ -95,27 +89,23 @@ impl RawUpstream {
     where
         F: Fn(usize) -> Vec<Raw> + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw mock");
-        let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
-        let stop = CancellationToken::new();
-        let (n, stop2, script) = (requests.clone(), stop.clone(), Arc::new(script));
-        tokio::spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    _ = stop2.cancelled() => return,
-                    r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-                };
-                let (n, script, stop) = (n.clone(), script.clone(), stop2.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = serve(tcp, n, script) => {}
-                    }
-                });
+        let (n, script) = (requests.clone(), Arc::new(script));
+        let server = tcp::Server::start(move |tcp, stop| {
+            let (n, script) = (n.clone(), script.clone());
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = serve(tcp, n, script) => {}
+                }
             }
-        });
-        RawUpstream { addr, requests, stop }
+        })
+        .await;
+        RawUpstream {
+            addr: server.addr,
+            requests,
+            _server: server,
+        }
     }
 
     /// Requests received so far.
@@ -171,29 +161,11 @@ async fn drip(tcp: &mut TcpStream, b: &[u8], every: Duration) -> bool {
 }
 
 /// Reads one request head and its `Content-Length` body; `None` when the peer went away.
-async fn read_request(tcp: &mut TcpStream) -> Option<()> {
+async fn read_request(s: &mut TcpStream) -> Option<()> {
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if got.len() > MAX_REQUEST {
-            return None;
-        }
-        let n = tcp.read(&mut buf).await.ok().filter(|n| *n > 0)?;
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
+    let head_end = tcp::read_past(s, &mut got, 0, b"\r\n\r\n", MAX_REQUEST).await?;
+    let length = tcp::content_length(&got[..head_end])
         .unwrap_or(0)
         .min(MAX_REQUEST);
-    while got.len() < head_end + length {
-        let n = tcp.read(&mut buf).await.ok().filter(|n| *n > 0)?;
-        got.extend_from_slice(&buf[..n]);
-    }
-    Some(())
+    tcp::read_to_len(s, &mut got, head_end + length).await
 }
