@@ -5,6 +5,7 @@ pub mod backend;
 pub mod h2raw;
 pub mod process;
 pub mod raw;
+pub mod redis_server;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
