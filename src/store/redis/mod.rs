@@ -17,10 +17,12 @@ use super::{Batch, BoxFuture, Meta, NewStream, Read, State, Store, StoreError, S
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::stream::Outcome;
+use crate::sync::lock;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use scripts::Scripts;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -31,9 +33,14 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// with no last frame, or a removal, wakes a waiter this late at worst.
 const BLOCK: Duration = Duration::from_millis(200);
 
-/// Frame stores kept in Redis.
+/// Idle connections kept for blocking reads, at most.
+const IDLE_READERS: usize = 16;
+
+/// Stream logs and their metadata kept in Redis.
 pub struct RedisStore {
     client: Client,
+    /// Connections for blocking reads (a blocked connection serves nobody else), reused.
+    readers: Mutex<Vec<MultiplexedConnection>>,
     conn: ConnectionManager,
     prefix: String,
     settings: StoreSettings,
@@ -120,6 +127,7 @@ impl RedisStore {
         .map_err(unavailable)?;
         Ok(RedisStore {
             client,
+            readers: Mutex::new(Vec::new()),
             conn,
             prefix: key_prefix.to_owned(),
             settings,
@@ -239,20 +247,46 @@ impl RedisStore {
         }
     }
 
-    /// Checks the stream's state, then blocks in `XREAD` on a connection of its own for at most
-    /// [`BLOCK`] at a time until an entry past `after` arrives, the state changes or `deadline`.
+    /// Checks the stream's state, then blocks in `XREAD` on a connection of its own (taken from a
+    /// small pool of idle ones) for at most [`BLOCK`] at a time until an entry past `after` arrives, the state changes or `deadline`.
     async fn wait_for(&self, id: StreamId, after: u64, deadline: Instant) -> Result<Wait, StoreError> {
         if !self.is_pending(id, after).await? {
             return Ok(Wait::Ready);
         }
+        let mut conn = self.reader().await?;
+        let got = self.block(&mut conn, id, after, deadline).await;
+        if got.is_ok() {
+            // A connection that failed may be broken; only a good one is kept.
+            let mut idle = lock(&self.readers);
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        got
+    }
+
+    /// An idle connection for blocking reads, or a new one.
+    async fn reader(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(conn) = lock(&self.readers).pop() {
+            return Ok(conn);
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT + BLOCK));
-        let mut conn = self
-            .client
+        self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)
+    }
+
+    /// The blocking part of [`Self::wait_for`], on `conn`.
+    async fn block(
+        &self,
+        conn: &mut MultiplexedConnection,
+        id: StreamId,
+        after: u64,
+        deadline: Instant,
+    ) -> Result<Wait, StoreError> {
         let [_, log] = self.keys(id);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -268,7 +302,7 @@ impl RedisStore {
                 .arg("STREAMS")
                 .arg(&log)
                 .arg(format!("{after}-0"))
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .map_err(unavailable)?;
             if !matches!(got, redis::Value::Nil) || !self.is_pending(id, after).await? {
