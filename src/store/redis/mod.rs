@@ -9,38 +9,35 @@
 //! Lua script, so one round trip and atomic: an append checks the batch's first seq, `XADD`s every
 //! frame, trims the oldest with `XTRIM MINID` and refreshes the log's TTL. A running stream's keys
 //! live `lease + retention` from the last lease refresh (a crashed replica leaves nothing behind
-//! forever), a finished one's `retention` from its finish.
+//! forever), a finished one's `retention` from its finish. Waits share one reader connection that
+//! tails every stream waited on (`tail`), whatever the number of waiters.
 
 mod scripts;
+mod tail;
 
 use super::{Batch, BoxFuture, Meta, NewStream, Read, State, Store, StoreError, StoreSettings, Trim, Wait};
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::stream::Outcome;
-use crate::sync::lock;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError};
 use scripts::Scripts;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
+use tail::Tail;
 use tokio::time::Instant;
 
 /// How long connecting, and then any one command, may take before the store counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A blocking read waits at most this long before looking at the stream's state again, so a finish
-/// with no last frame, or a removal, wakes a waiter this late at worst.
-const BLOCK: Duration = Duration::from_millis(200);
-
-/// Idle connections kept for blocking reads, at most.
-const IDLE_READERS: usize = 16;
+/// How often a waiter looks at its stream's state (see [`RedisStore::wait`]).
+const POLL: Duration = Duration::from_secs(1);
 
 /// Stream logs and their metadata kept in Redis.
 pub struct RedisStore {
-    client: Client,
-    /// Connections for blocking reads (a blocked connection serves nobody else), reused.
-    readers: Mutex<Vec<MultiplexedConnection>>,
+    /// The one connection blocking reads share.
+    tail: Arc<Tail>,
     conn: ConnectionManager,
     prefix: String,
     settings: StoreSettings,
@@ -126,8 +123,7 @@ impl RedisStore {
         .map_err(|_| StoreError::Unavailable("connecting to the stream store timed out".into()))?
         .map_err(unavailable)?;
         Ok(RedisStore {
-            client,
-            readers: Mutex::new(Vec::new()),
+            tail: Tail::start(client),
             conn,
             prefix: key_prefix.to_owned(),
             settings,
@@ -247,65 +243,25 @@ impl RedisStore {
         }
     }
 
-    /// Checks the stream's state, then blocks in `XREAD` on a connection of its own (taken from a
-    /// small pool of idle ones) for at most [`BLOCK`] at a time until an entry past `after` arrives, the state changes or `deadline`.
+    /// Checks the stream's state, then waits for the shared reader ([`tail`]) to see an entry
+    /// after `after`; looks at the state again every [`POLL`], so a finish with no last frame or a
+    /// removal wakes a waiter this late at worst.
     async fn wait_for(&self, id: StreamId, after: u64, deadline: Instant) -> Result<Wait, StoreError> {
-        if !self.is_pending(id, after).await? {
-            return Ok(Wait::Ready);
-        }
-        let mut conn = self.reader().await?;
-        let got = self.block(&mut conn, id, after, deadline).await;
-        if got.is_ok() {
-            // A connection that failed may be broken; only a good one is kept.
-            let mut idle = lock(&self.readers);
-            if idle.len() < IDLE_READERS {
-                idle.push(conn);
-            }
-        }
-        got
-    }
-
-    /// An idle connection for blocking reads, or a new one.
-    async fn reader(&self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(conn) = lock(&self.readers).pop() {
-            return Ok(conn);
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT + BLOCK));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(unavailable)
-    }
-
-    /// The blocking part of [`Self::wait_for`], on `conn`.
-    async fn block(
-        &self,
-        conn: &mut MultiplexedConnection,
-        id: StreamId,
-        after: u64,
-        deadline: Instant,
-    ) -> Result<Wait, StoreError> {
         let [_, log] = self.keys(id);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !self.is_pending(id, after).await? {
+                return Ok(Wait::Ready);
+            }
+            let now = Instant::now();
+            if now >= deadline {
                 return Ok(Wait::Timeout);
             }
-            let block = millis(left.min(BLOCK));
-            let got: redis::Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1)
-                .arg("BLOCK")
-                .arg(block)
-                .arg("STREAMS")
-                .arg(&log)
-                .arg(format!("{after}-0"))
-                .query_async(conn)
+            let registered = self.tail.register(log.clone(), after, &self.conn).await;
+            let until = deadline.min(now + POLL);
+            if tokio::time::timeout_at(until, registered.wake.notified())
                 .await
-                .map_err(unavailable)?;
-            if !matches!(got, redis::Value::Nil) || !self.is_pending(id, after).await? {
+                .is_ok()
+            {
                 return Ok(Wait::Ready);
             }
         }
