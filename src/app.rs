@@ -43,14 +43,18 @@ pub struct App {
     pub(crate) store: store::Handle,
 }
 
-/// The memory store, bounded like the local logs.
-fn memory_store(settings: &Settings) -> store::Handle {
-    let store = StoreSettings {
+/// What the stream store is bounded by: the local logs' bounds and `[store] lease`.
+pub(crate) fn store_settings(settings: &Settings) -> StoreSettings {
+    StoreSettings {
         max_stream_bytes: settings.resume.max_stream_bytes,
-        lease: store::LEASE,
+        lease: settings.store.lease.0,
         retention: settings.resume.retention,
-    };
-    store::Handle::memory(store, settings.resume.max_total_bytes)
+    }
+}
+
+/// The memory store, bounded like the local logs.
+pub(crate) fn memory_store(settings: &Settings) -> store::Handle {
+    store::Handle::memory(store_settings(settings), settings.resume.max_total_bytes)
 }
 
 impl App {

@@ -32,6 +32,14 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `[store] kind = "redis"` with `required = true`, and Redis cannot be reached.
+    #[error("the stream store at {url} is required and unavailable: {source}")]
+    Store {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        source: crate::store::StoreError,
+    },
 }
 
 /// A proxy whose listeners are bound, ready to serve.
@@ -68,16 +76,52 @@ pub async fn bind_with_store(
     let main = bind(settings.server.listen).await?;
     let admin = bind(settings.server.admin_listen).await?;
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
-    let app = Arc::new(match store {
-        Some(store) => App::with_store(settings, learner, shutdown, metrics.metrics, store),
-        None => App::new(settings, learner, shutdown, metrics.metrics),
-    });
+    let store = match store {
+        Some(store) => store,
+        None => configured_store(&settings).await?,
+    };
+    let app = Arc::new(App::with_store(
+        settings,
+        learner,
+        shutdown,
+        metrics.metrics,
+        store,
+    ));
     Ok(Bound {
         main,
         admin,
         app,
         metrics: metrics.handle,
     })
+}
+
+/// The store `[store]` selects: Redis, or this process's memory (also when Redis is unreachable
+/// and not `required`, with a warning).
+async fn configured_store(settings: &Settings) -> Result<crate::store::Handle, ServerError> {
+    let cfg = &settings.store;
+    if cfg.kind == crate::config::StoreKind::Memory {
+        return Ok(crate::app::memory_store(settings));
+    }
+    let store_settings = crate::app::store_settings(settings);
+    match crate::store::RedisStore::connect(&cfg.url, &cfg.key_prefix, store_settings).await {
+        Ok(store) => Ok(crate::store::Handle::new(Arc::new(store), cfg.lease.0)),
+        Err(source) if cfg.required => Err(ServerError::Store {
+            url: redacted(&cfg.url),
+            source,
+        }),
+        Err(e) => {
+            tracing::warn!(url = %redacted(&cfg.url), error = %e, "the Redis stream store is unavailable; running on the memory store");
+            Ok(crate::app::memory_store(settings))
+        }
+    }
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 fn load_learner(opts: &progress::Options) -> Arc<Learner> {

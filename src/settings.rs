@@ -40,6 +40,8 @@ pub struct Settings {
     pub demo: bool,
     /// Path prefix of the proxy's own routes, such as `/_sse-proxy`.
     pub route_prefix: String,
+    /// The stream store (`[store]`).
+    pub store: config::Store,
 }
 
 /// Listeners, client-connection deadlines and shutdown (`[server]`).
@@ -180,6 +182,7 @@ impl Settings {
             }),
             demo: cfg.demo.enabled,
             route_prefix: cfg.server.route_prefix.clone(),
+            store: cfg.store.clone(),
         }
     }
 

@@ -75,6 +75,9 @@ pub struct Config {
     /// Front-end metrics endpoint.
     #[serde(default)]
     pub client_metrics: ClientMetrics,
+    /// Where streams are kept for resumes on other replicas and after restarts.
+    #[serde(default)]
+    pub store: Store,
 }
 
 /// `[server]`
@@ -367,6 +370,44 @@ impl Default for Resume {
     }
 }
 
+/// Which stream store `[store] kind` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// This process's memory: one proxy, nothing survives a restart.
+    Memory,
+    /// Redis Streams at `url`, shared by every replica.
+    Redis,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// `memory` or `redis`.
+    pub kind: StoreKind,
+    /// The Redis URL (`redis://[:password@]host:port/db`).
+    pub url: String,
+    /// Prefix of every Redis key the proxy writes.
+    pub key_prefix: String,
+    /// How long a replica's claim on the streams it reads lasts without a refresh.
+    pub lease: Dur,
+    /// Redis unreachable at start: exit (`true`) or run on the memory store with a warning.
+    pub required: bool,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "sse-proxy".into(),
+            lease: Dur(Duration::from_secs(5)),
+            required: true,
+        }
+    }
+}
+
 /// `[identity]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -587,6 +628,21 @@ impl Config {
         nonzero(self.upstream.response_timeout, "upstream.response_timeout")?;
         nonzero(self.upstream.idle_timeout, "upstream.idle_timeout")?;
         nonzero(self.resume.retention, "resume.retention")?;
+        positive(
+            self.store.lease.0 >= Duration::from_millis(100),
+            "store.lease",
+            "store.lease must be at least 100ms, such as \"5s\"",
+        )?;
+        positive(
+            self.store.url.starts_with("redis://"),
+            "store.url",
+            "store.url must be a redis:// URL, such as \"redis://127.0.0.1:6379/0\" (rediss:// is not supported yet)",
+        )?;
+        positive(
+            !self.store.key_prefix.is_empty() && !self.store.key_prefix.contains(['{', '}']),
+            "store.key_prefix",
+            "store.key_prefix must be a non-empty name without { or }, such as \"sse-proxy\"",
+        )?;
         self.check_listeners().map_err(|m| {
             (
                 At::First(vec![At::Key("server.admin_listen"), At::Key("server.listen")]),

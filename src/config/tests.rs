@@ -294,3 +294,45 @@ fn cross_field_checks_are_located_in_crlf_files() {
     let (line, col, _) = err("[upstream]\r\nurl = \"http://a:1\"\r\n[batching] # é\r\nmax_tokens = 0\r\n");
     assert_eq!((line, col), (4, 1));
 }
+
+#[test]
+fn store_defaults_to_memory() {
+    let c = Config::from_toml_str(MINIMAL, "x").expect("valid");
+    assert_eq!(c.store.kind, StoreKind::Memory);
+    assert_eq!(c.store.url, "redis://127.0.0.1:6379/0");
+    assert_eq!(c.store.key_prefix, "sse-proxy");
+    assert_eq!(c.store.lease.0, Duration::from_secs(5));
+    assert!(c.store.required);
+}
+
+#[test]
+fn store_redis_section_parses() {
+    let text = format!(
+        "{MINIMAL}[store]\nkind = \"redis\"\nurl = \"redis://:secret@cache:6380/2\"\nkey_prefix = \"chat\"\nlease = \"2s\"\nrequired = false\n"
+    );
+    let c = Config::from_toml_str(&text, "x").expect("valid");
+    assert_eq!(c.store.kind, StoreKind::Redis);
+    assert_eq!(c.store.url, "redis://:secret@cache:6380/2");
+    assert_eq!(c.store.key_prefix, "chat");
+    assert_eq!(c.store.lease.0, Duration::from_secs(2));
+    assert!(!c.store.required);
+}
+
+#[test]
+fn store_section_errors_point_at_the_key() {
+    // MINIMAL is 3 lines, then `[store]` on line 4.
+    let (line, _, msg) = err(&format!("{MINIMAL}[store]\nkind = \"valkey\"\n"));
+    assert_eq!(line, 5, "{msg}");
+    assert!(msg.contains("memory") && msg.contains("redis"), "{msg}");
+    let (line, _, msg) = err(&format!("{MINIMAL}[store]\nurl = \"http://cache:6379\"\n"));
+    assert_eq!(line, 5, "{msg}");
+    assert!(msg.contains("store.url must be a redis:// URL"), "{msg}");
+    let (line, _, msg) = err(&format!("{MINIMAL}[store]\nlease = \"10ms\"\n"));
+    assert_eq!(line, 5, "{msg}");
+    assert!(msg.contains("store.lease must be at least 100ms"), "{msg}");
+    let (line, _, msg) = err(&format!("{MINIMAL}[store]\nkey_prefix = \"a{{b}}\"\n"));
+    assert_eq!(line, 5, "{msg}");
+    assert!(msg.contains("store.key_prefix"), "{msg}");
+    let (_, _, msg) = err(&format!("{MINIMAL}[store]\nurll = \"redis://a\"\n"));
+    assert!(msg.contains("url"), "{msg}");
+}

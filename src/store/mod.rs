@@ -14,9 +14,11 @@ pub mod contract;
 pub mod gate;
 mod memory;
 mod record;
+mod redis;
 
 pub use crate::log::Read;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 use crate::identity::Owner;
 use crate::ids::StreamId;

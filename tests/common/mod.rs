@@ -6,6 +6,7 @@ pub mod client;
 pub mod h2raw;
 pub mod process;
 pub mod raw;
+pub mod redis_server;
 pub mod tcp;
 
 pub use client::*;

@@ -1,0 +1,134 @@
+//! The shared store contract (`sse_proxy::store::contract`) run on the Redis store, against a real
+//! `redis-server` each case starts for itself.
+
+mod common;
+
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use sse_proxy::ids::StreamId;
+use sse_proxy::store::contract;
+use sse_proxy::store::{Batch, NewStream, RedisStore, Store, StoreSettings, Wait};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Runs contract case `$case` on a Redis store backed by a server of its own.
+macro_rules! redis_case {
+    ($case:ident $(, $flavor:tt)?) => {
+        #[tokio::test$($flavor)?]
+        async fn $case() {
+            let Some(server) = RedisServer::start() else {
+                return;
+            };
+            let url = server.url();
+            let factory = move |settings: StoreSettings| {
+                let url = url.clone();
+                async move {
+                    let store = RedisStore::connect(&url, "sse-proxy-test", settings)
+                        .await
+                        .expect("connect to redis-server");
+                    Arc::new(store) as Arc<dyn Store>
+                }
+            };
+            contract::$case(&factory).await;
+            drop(server);
+        }
+    };
+}
+
+redis_case!(ids_gapless_and_frames_byte_identical);
+redis_case!(reads_after_a_position);
+redis_case!(coalescing_bound_keeps_at_least_one_frame);
+redis_case!(pending_then_wakes_on_append);
+redis_case!(end_after_finish);
+redis_case!(finish_is_idempotent);
+redis_case!(gone_for_evicted_and_forged_positions);
+redis_case!(trim_keeps_positions);
+redis_case!(metadata_round_trip);
+redis_case!(
+    concurrent_appenders_and_readers,
+    (flavor = "multi_thread", worker_threads = 4)
+);
+redis_case!(lease_expiry_is_visible);
+redis_case!(streams_expire);
+redis_case!(remove_then_not_found);
+
+/// A count from `server`'s `INFO clients` (this query's own connection included).
+async fn info_clients(server: &RedisServer, field: &str) -> usize {
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis-server");
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO clients");
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the field in INFO clients")
+}
+
+/// Many waiters on many streams share one reader connection, and each wakes on its own append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reads_share_one_connection() {
+    const STREAMS: usize = 50;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&server.url(), "sse-proxy-test", contract::settings())
+            .await
+            .expect("connect to redis-server"),
+    );
+    let mut ids = Vec::new();
+    let mut waiters = Vec::new();
+    for _ in 0..STREAMS {
+        let id = StreamId::random();
+        store.create(id, new_stream()).await.expect("create");
+        let store = store.clone();
+        waiters.push(tokio::spawn(async move {
+            let deadline = Instant::now() + common::WAIT;
+            store.wait(id, 0, deadline).await
+        }));
+        ids.push(id);
+    }
+    // Once Redis holds a blocked reader, the waiters are waiting: the store's connections are its
+    // command connection and its one reader, whatever the number of waiters.
+    let deadline = Instant::now() + common::WAIT;
+    while info_clients(&server, "blocked_clients").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no blocking read within {:?}",
+            common::WAIT
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "a waiter woke with nothing appended"
+    );
+    let clients = info_clients(&server, "connected_clients").await;
+    assert!(clients <= 3, "{clients} connections for {STREAMS} waiters");
+    for id in &ids {
+        let frame = Bytes::from(format!("id: {id}:1\ndata: t\n\n"));
+        store
+            .append(*id, Batch::new(1, vec![frame]))
+            .await
+            .expect("append");
+    }
+    for w in waiters {
+        assert_eq!(w.await.expect("waiter"), Ok(Wait::Ready));
+    }
+}
+
+fn new_stream() -> NewStream {
+    NewStream {
+        owner: None,
+        route: "/r".into(),
+        model: "m".into(),
+        replica: "a".into(),
+    }
+}
