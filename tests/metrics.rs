@@ -308,7 +308,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
     let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "ok")).await;
     let p = proxy(up.addr, |_| {}).await;
     let text = metrics_text(p.admin).await;
-    let families: [(&str, &str, &[&str]); 8] = [
+    let families: [(&str, &str, &[&str]); 9] = [
         (
             "sse_proxy_errors_total",
             "code",
@@ -322,6 +322,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
                 "abandoned",
                 "evicted",
                 "internal",
+                "upstream_lost",
             ],
         ),
         (
@@ -349,7 +350,12 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
         (
             "sse_proxy_resumes_total",
             "result",
-            &["replayed", "finished", "gone", "bad_request"],
+            &["replayed", "finished", "gone", "bad_request", "unavailable"],
+        ),
+        (
+            "sse_proxy_store_errors_total",
+            "op",
+            &["create", "append", "finish", "refresh", "meta", "read", "wait"],
         ),
         ("sse_proxy_log_evictions_total", "kind", &["finished", "running"]),
         (
