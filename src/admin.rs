@@ -2,9 +2,13 @@
 
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
+use crate::metrics::StoreOp;
+use crate::store::{self, ClaimInfo, StoreError};
+use crate::stream::StreamInfo;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -27,8 +31,11 @@ pub async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
     }
 }
 
+/// Longest `/streams` waits for the stream store's list of every replica's answers.
+const LIST_WAIT: Duration = Duration::from_secs(2);
+
 /// Answers one admin request: `GET /metrics`, `/healthz`, `/readyz`, `/streams`.
-pub fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Response<ProxyBody> {
+pub async fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
         return http_util::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -55,23 +62,74 @@ pub fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Res
             &serde_json::json!({ "status": "at_capacity" }),
         ),
         "/readyz" => http_util::json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
-        "/streams" => {
-            let list = app.registry.list(tokio::time::Instant::now());
-            http_util::json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "running": app.registry.running(),
-                    "log_bytes": app.registry.budget().held(),
-                    "streams": list,
-                }),
-            )
-        }
+        "/streams" => streams(app).await,
         _ => http_util::error(
             StatusCode::NOT_FOUND,
             "not_found",
             "try /metrics, /healthz, /readyz or /streams",
         ),
     }
+}
+
+/// The streams this replica holds, and the running answers the other replicas on the store read.
+async fn streams(app: &App) -> Response<ProxyBody> {
+    let mut list = app.registry.list(tokio::time::Instant::now(), app.replica());
+    let mut running = app.registry.running();
+    let mut body = serde_json::json!({ "replica": app.replica() });
+    match tokio::time::timeout(LIST_WAIT, app.store.store.claims()).await {
+        Ok(Ok(claims)) => {
+            let here: HashSet<String> = list.iter().map(|s| s.id.clone()).collect();
+            // This replica's own claims are counted in `running` already (with those whose
+            // backend has not answered yet, which the registry does not hold).
+            let elsewhere = claims
+                .into_iter()
+                .filter(|c| c.replica != app.replica() && !here.contains(&c.id.to_string()));
+            for c in elsewhere {
+                running += 1;
+                list.push(remote_info(c));
+            }
+        }
+        Ok(Err(e)) => list_failed(app, &mut body, &e),
+        Err(_) => list_failed(
+            app,
+            &mut body,
+            &StoreError::Unavailable("no answer in time".into()),
+        ),
+    }
+    body["running"] = running.into();
+    body["log_bytes"] = app.registry.budget().held().into();
+    body["streams"] = serde_json::to_value(list).unwrap_or_default();
+    http_util::json(StatusCode::OK, &body)
+}
+
+/// The `/streams` entry of an answer another replica reads.
+fn remote_info(c: ClaimInfo) -> StreamInfo {
+    let meta = c.meta;
+    let (state, outcome) = match meta.as_ref().map(|m| m.state) {
+        None => ("starting", None),
+        Some(store::State::Running) => ("running", None),
+        Some(store::State::Finished(o)) => ("finished", Some(o.as_str())),
+    };
+    StreamInfo {
+        id: c.id.to_string(),
+        replica: c.replica,
+        state,
+        outcome,
+        route: meta.as_ref().map(|m| m.route.clone()).unwrap_or_default(),
+        model: meta.as_ref().map(|m| m.model.clone()).unwrap_or_default(),
+        tokens: None,
+        connections: None,
+        age_seconds: None,
+        bytes: meta.as_ref().map_or(0, |m| m.bytes),
+        last_seq: meta.as_ref().map_or(0, |m| m.last_seq),
+    }
+}
+
+/// The store could not list the other replicas' answers: this replica's only, and why.
+fn list_failed(app: &App, body: &mut serde_json::Value, e: &StoreError) {
+    tracing::warn!(error = %e, "the stream store cannot list the other replicas' streams");
+    app.metrics.store_errors.increment(StoreOp::List);
+    body["store_error"] = e.to_string().into();
 }
 
 #[cfg(test)]
@@ -88,7 +146,7 @@ mod tests {
             .uri(path)
             .body(())
             .expect("request");
-        let resp = handle(app, &metrics, &req);
+        let resp = handle(app, &metrics, &req).await;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())

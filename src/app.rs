@@ -1,6 +1,7 @@
 //! The proxy's shared state: settings, the backend client, the streams, and the limits every
 //! request checks. Which handler answers a request is decided in `handlers`.
 
+use crate::cluster::{Admission, SharedHistory};
 use crate::identity::IdentityRule;
 use crate::log::LogBudget;
 use crate::metrics::Metrics;
@@ -8,7 +9,7 @@ use crate::progress::Learner;
 use crate::rate_limit::RateLimit;
 use crate::reframe::{self, ProgressEvents};
 use crate::settings::Settings;
-use crate::store::{self, StoreSettings};
+use crate::store::{self, AdmitLimits, StoreSettings};
 use crate::stream::Registry;
 use crate::upstream::Upstream;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub struct App {
     pub(crate) readers: Arc<reframe::Shared>,
     /// Learned answer lengths, when progress is on.
     pub learner: Option<Arc<Learner>>,
+    /// The learned lengths shared with the other replicas, when the store is shared.
+    pub(crate) history: Option<Arc<SharedHistory>>,
+    /// Admits new streams under the limits, counted across the replicas on the store.
+    pub(crate) admission: Admission,
     /// Fires when shutdown starts.
     pub(crate) shutdown: CancellationToken,
     /// Client connections served at once: `server.max_connections` (`/readyz` says when none is left).
@@ -86,6 +91,20 @@ impl App {
             settings.resume.retention,
             metrics.clone(),
         ));
+        let history = settings
+            .progress
+            .as_ref()
+            .zip(learner.clone())
+            .filter(|_| store.store.is_shared())
+            .map(|(p, learner)| {
+                let keep = p.learner.max_history;
+                Arc::new(SharedHistory::new(
+                    learner,
+                    store.store.clone(),
+                    keep,
+                    metrics.clone(),
+                ))
+            });
         let progress = settings
             .progress
             .as_ref()
@@ -93,7 +112,13 @@ impl App {
             .map(|(p, learner)| ProgressEvents {
                 learner,
                 cadence: p.cadence,
+                shared: history.clone(),
             });
+        let limits = AdmitLimits {
+            max_streams: settings.limits.max_streams,
+            max_per_identity: settings.limits.max_streams_per_identity,
+        };
+        let admission = Admission::new(registry.clone(), store.clone(), limits, metrics.clone());
         let readers = Arc::new(reframe::Shared {
             settings: settings.reader,
             registry: registry.clone(),
@@ -111,10 +136,25 @@ impl App {
             registry,
             readers,
             learner,
+            history,
+            admission,
             shutdown,
             metrics,
             store,
         }
+    }
+}
+
+impl App {
+    /// Uses `key` for the owner hashes (the key every replica on the store shares).
+    pub(crate) fn with_identity_key(mut self, key: [u8; 16]) -> Self {
+        self.identity = self.identity.with_key(key);
+        self
+    }
+
+    /// This process's name in the stream store (the `replica` of the streams it reads).
+    pub fn replica(&self) -> &str {
+        &self.store.replica
     }
 }
 

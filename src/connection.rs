@@ -11,7 +11,7 @@ use crate::log::{Read, Subscription};
 use crate::metrics::{Metrics, StoreOp};
 use crate::protocol::{self, ErrorCode};
 use crate::store::{Batch, Store, StoreError, Wait};
-use crate::stream::{Follower, Outcome};
+use crate::stream::{Follower, Outcome, RemoteFollower};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -44,6 +44,8 @@ pub struct Remote {
     lease: Duration,
     check_at: Instant,
     stop: CancellationToken,
+    /// Counts this connection against `max_followers` while it lives.
+    _follower: Option<RemoteFollower>,
 }
 
 /// How a wait for more of a stream ended.
@@ -66,6 +68,15 @@ impl Remote {
             lease,
             check_at: Instant::now() + lease,
             stop,
+            _follower: None,
+        }
+    }
+
+    /// The same, counted by `follower` while it lives.
+    pub fn counted(self, follower: RemoteFollower) -> Self {
+        Remote {
+            _follower: Some(follower),
+            ..self
         }
     }
 

@@ -355,7 +355,9 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
         (
             "sse_proxy_store_errors_total",
             "op",
-            &["create", "append", "finish", "refresh", "meta", "read", "wait"],
+            &[
+                "create", "append", "finish", "refresh", "meta", "read", "wait", "admit", "list", "history",
+            ],
         ),
         ("sse_proxy_log_evictions_total", "kind", &["finished", "running"]),
         (

@@ -7,7 +7,7 @@ use crate::http_util::{self, ProxyBody};
 use crate::ids::StreamId;
 use crate::metrics::{ErrorLabel, Metrics, RejectReason};
 use crate::protocol;
-use crate::stream::{Follower, Rejected};
+use crate::stream::{Follower, Rejected, RemoteFollower};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -31,14 +31,17 @@ pub fn event_stream_response(
     sse_response(id, cursor, span)
 }
 
-/// A `200 text/event-stream` response following stream `id` in the store after seq `after`.
+/// A `200 text/event-stream` response following, from the store after seq `after`, the stream
+/// `follower` counts a connection of.
 pub fn store_stream_response(
     app: &App,
-    id: StreamId,
+    follower: RemoteFollower,
     after: u64,
     span: tracing::Span,
 ) -> Response<ProxyBody> {
-    let remote = Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone());
+    let id = follower.id();
+    let remote =
+        Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone()).counted(follower);
     let cursor = Cursor::remote(
         remote,
         after,

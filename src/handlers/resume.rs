@@ -90,13 +90,17 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
+    let max = app.settings.limits.max_followers;
+    let Some(follower) = app.registry.follow_remote(id.stream, max) else {
+        return Resume::Respond(too_many(app, Rejected::MaxFollowers));
+    };
     app.metrics.resumes.increment(ResumeResult::Replayed);
     let span =
         tracing::info_span!("stream", stream_id = %id.stream, route = %meta.route, model = %meta.model);
     span.in_scope(
         || tracing::info!(after = id.seq, replica = %meta.replica, "stream resumed from the store"),
     );
-    Resume::Respond(store_stream_response(app, id.stream, id.seq, span))
+    Resume::Respond(store_stream_response(app, follower, id.seq, span))
 }
 
 /// `503` with `Retry-After`: the stream may well exist, but the store cannot say.

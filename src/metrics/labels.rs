@@ -220,6 +220,12 @@ label_values! {
         Read => "read",
         /// Waiting for frames for a remote cursor.
         Wait => "wait",
+        /// Taking, refreshing or giving back a place in the cluster-wide limits.
+        Admit => "admit",
+        /// Listing the running answers of every replica (`/streams`).
+        List => "list",
+        /// Reading or adding learned answer lengths.
+        History => "history",
     }
 }
 
@@ -261,7 +267,7 @@ mod tests {
         );
         assert_eq!(
             values::<StoreOp>(),
-            ["create", "append", "finish", "refresh", "meta", "read", "wait"]
+            ["create", "append", "finish", "refresh", "meta", "read", "wait", "admit", "list", "history"]
         );
         assert_eq!(values::<EvictionKind>(), ["finished", "running"]);
         assert_eq!(values::<StatusClass>(), ["2xx", "3xx", "4xx", "5xx"]);

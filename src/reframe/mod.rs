@@ -10,12 +10,13 @@ pub mod body;
 mod store_writer;
 pub mod token;
 
+use crate::cluster::{Admitted, SharedHistory};
 use crate::metrics::Metrics;
 use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::store::{self, NewStream};
-use crate::stream::{Outcome, Registry, Slot, Stream};
+use crate::stream::{Outcome, Registry, Stream};
 use batcher::{Batcher, Limits};
 use body::BodyError;
 use bytes::Bytes;
@@ -64,6 +65,8 @@ pub struct ProgressEvents {
     pub learner: Arc<Learner>,
     /// At most one progress event per this many tokens and this interval.
     pub cadence: Cadence,
+    /// Where completed answers' lengths are shared with other replicas, when the store is shared.
+    pub(crate) shared: Option<Arc<SharedHistory>>,
 }
 
 /// What every stream's reader shares with the others.
@@ -117,7 +120,8 @@ pub struct Reader<B> {
     /// Seq of the last event appended to the log.
     appended: u64,
     metrics: Arc<Metrics>,
-    _slot: Slot,
+    history: Option<Arc<SharedHistory>>,
+    admitted: Admitted,
 }
 
 impl<B> Reader<B>
@@ -131,7 +135,7 @@ where
         body: B,
         route: Arc<RouteSettings>,
         shared: &Shared,
-        slot: Slot,
+        admitted: Admitted,
         arrived: Instant,
     ) -> Self {
         let progress = shared.progress.as_ref().map(|p| {
@@ -160,7 +164,8 @@ where
             last_token: None,
             tokens: 0,
             appended: 0,
-            _slot: slot,
+            history: shared.progress.as_ref().and_then(|p| p.shared.clone()),
+            admitted,
         }
     }
 
@@ -183,6 +188,7 @@ where
             record,
             self.metrics.clone(),
         );
+        writer.refresh_claim(self.admitted.claim().cloned());
         let end = self.drive(shutdown, &mut writer).await;
         let outcome = self.write_end(end);
         // Local clients get the end only once the store has it (or has failed to take it).
@@ -400,6 +406,9 @@ where
                 self.metrics.progress_error.record(err);
             }
             p.learn(self.tokens);
+            if let Some(shared) = self.history.as_ref() {
+                shared.share(&self.route.label, &self.stream.model, self.tokens);
+            }
         }
     }
 }
@@ -527,7 +536,14 @@ mod tests {
             metrics,
         );
         let body = StreamBody::new(frames);
-        let reader = Reader::new(stream.clone(), body, route, &shared, slot, Instant::now());
+        let reader = Reader::new(
+            stream.clone(),
+            body,
+            route,
+            &shared,
+            Admitted::local(slot),
+            Instant::now(),
+        );
         tokio::spawn(reader.run(CancellationToken::new()));
         Running { stream, tx, cursor }
     }
