@@ -42,6 +42,7 @@ pub struct Admitted {
 struct Held {
     store: Arc<dyn Store>,
     claim: Claim,
+    lease: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -57,6 +58,22 @@ impl Admitted {
     /// The claim the store holds for the answer, to refresh with its lease.
     pub fn claim(&self) -> Option<&Claim> {
         self.claim.as_ref().map(|h| &h.claim)
+    }
+
+    /// Refreshes the claim every third of the lease, forever: run it alongside whatever comes
+    /// before the answer's reader (which refreshes it from then on), such as a backend slow to
+    /// answer, so that the place does not lapse meanwhile.
+    pub async fn keep(&self) -> std::convert::Infallible {
+        let Some(held) = self.claim.as_ref() else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(held.lease / 3).await;
+            if let Err(e) = held.store.refresh_claim(held.claim.clone()).await {
+                tracing::debug!(error = %e, "refreshing a place in the limits failed");
+                held.metrics.store_errors.increment(StoreOp::Admit);
+            }
+        }
     }
 }
 
@@ -113,6 +130,7 @@ impl Admission {
                         claim: Some(Held {
                             store: self.store.store.clone(),
                             claim,
+                            lease: self.store.lease,
                             metrics: self.metrics.clone(),
                         }),
                     });
@@ -196,6 +214,32 @@ mod tests {
         assert_eq!(registry.running(), 0);
         assert!(store.claims().await.expect("claims").is_empty());
         assert!(a.admit(StreamId::random(), None).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_kept_while_waiting_does_not_lapse() {
+        let store = memory();
+        let (_registry, a) = admission(store.clone(), 1);
+        let waiting = a.admit(StreamId::random(), None).await.expect("admitted");
+        let slow_backend = tokio::time::sleep(Duration::from_secs(30));
+        tokio::select! {
+            _ = slow_backend => {}
+            never = waiting.keep() => match never {},
+        }
+        let full = a.admit(StreamId::random(), None).await;
+        assert_eq!(
+            full.err(),
+            Some(Rejected::MaxStreams),
+            "still held after 6 leases"
+        );
+        drop(waiting);
+        let lapsed = a.admit(StreamId::random(), None).await.expect("admitted");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            a.admit(StreamId::random(), None).await.is_ok(),
+            "a place nobody keeps lapses"
+        );
+        drop(lapsed);
     }
 
     #[tokio::test(start_paused = true)]

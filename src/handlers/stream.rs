@@ -100,7 +100,11 @@ async fn start(
             h.refresh(route.label(), &model).await;
         }
     };
-    let (resp, ()) = tokio::join!(app.upstream.send(upstream_req), history);
+    let asked = async { tokio::join!(app.upstream.send(upstream_req), history).0 };
+    let resp = tokio::select! {
+        resp = asked => resp,
+        never = admitted.keep() => match never {},
+    };
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
