@@ -138,6 +138,7 @@ mod tests {
     use crate::app::test_app;
     use http_body_util::BodyExt;
     use metrics_exporter_prometheus::PrometheusBuilder;
+    use std::sync::Arc;
 
     async fn get(app: &App, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
         let metrics = PrometheusBuilder::new().build_recorder().handle();
@@ -177,6 +178,83 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(get(&app, Method::GET, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    /// A test app on `store`.
+    fn app_on(store: Arc<dyn crate::store::Store>) -> App {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[[stream]]\npath = \"/stream\"\n";
+        let cfg = crate::config::Config::from_toml_str(text, "<test>").expect("valid test config");
+        let handle = crate::store::Handle::new(store, Duration::from_secs(5));
+        let metrics = Arc::new(crate::metrics::Metrics::noop());
+        App::with_store(
+            crate::settings::Settings::build(&cfg),
+            None,
+            CancellationToken::new(),
+            metrics,
+            handle,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_lists_other_replicas_answers_or_says_why_not() {
+        use crate::ids::StreamId;
+        use crate::store::{gate::Gate, AdmitLimits, Claim, MemoryStore, NewStream, Store, StoreSettings};
+        let memory = Arc::new(MemoryStore::new(
+            StoreSettings {
+                max_stream_bytes: 1 << 20,
+                lease: Duration::from_secs(5),
+                retention: Duration::from_secs(60),
+            },
+            usize::MAX,
+        ));
+        let gate = Gate::new(memory);
+        let app = app_on(gate.clone());
+        let limits = AdmitLimits {
+            max_streams: 10,
+            max_per_identity: 10,
+        };
+        let (reading, starting) = (StreamId::random(), StreamId::random());
+        for id in [reading, starting] {
+            let claim = Claim {
+                id,
+                owner: None,
+                replica: "replica-b".into(),
+            };
+            gate.admit(claim, limits).await.expect("admitted");
+        }
+        let new = NewStream {
+            owner: None,
+            route: "/stream".into(),
+            model: "m".into(),
+            replica: "replica-b".into(),
+        };
+        gate.create(reading, new).await.expect("create");
+        let (status, v) = get(&app, Method::GET, "/streams").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((&v["replica"], &v["running"]), (&app.replica().into(), &2.into()));
+        let list = v["streams"].as_array().expect("streams");
+        let entry = |id: StreamId| {
+            list.iter()
+                .find(|s| s["id"] == id.to_string().as_str())
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(entry(reading)["replica"], "replica-b");
+        assert_eq!(entry(reading)["state"], "running");
+        assert_eq!(entry(reading)["model"], "m");
+        assert_eq!(entry(starting)["state"], "starting");
+        assert!(v.get("store_error").is_none());
+
+        gate.fail(true);
+        let (status, v) = get(&app, Method::GET, "/streams").await;
+        assert_eq!(status, StatusCode::OK, "this replica's streams are listed anyway");
+        assert_eq!(v["running"], 0);
+        assert!(
+            v["store_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unavailable")),
+            "{v}"
+        );
     }
 
     #[tokio::test]
