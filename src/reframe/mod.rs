@@ -494,7 +494,16 @@ mod tests {
         let log = Arc::new(MemoryLog::staged(id, max_log, budget));
         let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
         registry.insert(stream.clone());
-        let slot = registry.reserve(None).expect("slot");
+        let handle = store::Handle::new(gate, Duration::from_secs(5));
+        let limits = store::AdmitLimits {
+            max_streams: 10,
+            max_per_identity: 10,
+        };
+        let admission =
+            crate::cluster::Admission::new(registry.clone(), handle.clone(), limits, metrics.clone());
+        let admitted = futures_util::FutureExt::now_or_never(admission.admit(id, None))
+            .expect("a memory store answers at once")
+            .expect("admitted");
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         let frames: Frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
@@ -521,7 +530,7 @@ mod tests {
             },
             registry,
             progress: None,
-            store: store::Handle::new(gate, Duration::from_secs(5)),
+            store: handle,
         };
         let follower = stream.attach(4).expect("attach");
         let cursor_settings = CursorSettings {
@@ -536,14 +545,7 @@ mod tests {
             metrics,
         );
         let body = StreamBody::new(frames);
-        let reader = Reader::new(
-            stream.clone(),
-            body,
-            route,
-            &shared,
-            Admitted::local(slot),
-            Instant::now(),
-        );
+        let reader = Reader::new(stream.clone(), body, route, &shared, admitted, Instant::now());
         tokio::spawn(reader.run(CancellationToken::new()));
         Running { stream, tx, cursor }
     }
@@ -583,6 +585,35 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the condition never held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_readers_place_in_the_limits_is_refreshed_until_it_ends() {
+        let gate = Gate::new(memory_store());
+        let mut r = start(gate.clone(), 1 << 20);
+        for i in 0..4 {
+            r.send(&format!("t{i}"));
+            r.read_until(&format!("t{i}")).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let held: Vec<_> = gate
+            .claims()
+            .await
+            .expect("claims")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(held, vec![r.stream.id], "held four leases on");
+        r.done();
+        r.read_until("event: done").await;
+        let released = async {
+            while !gate.claims().await.expect("claims").is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        timeout(Duration::from_secs(1), released)
+            .await
+            .expect("given back when the reader ends");
     }
 
     #[tokio::test(start_paused = true)]
