@@ -75,6 +75,11 @@ impl IdentityRule {
         IdentityRule { key, ..self }
     }
 
+    /// The key it hashes with.
+    pub fn key(&self) -> [u8; 16] {
+        self.key
+    }
+
     /// Whether an identity is configured at all.
     pub fn is_configured(&self) -> bool {
         self.source.is_some()

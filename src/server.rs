@@ -128,7 +128,9 @@ async fn identity_key(
     if settings.identity.is_none() {
         return Ok(None);
     }
-    let asked = store.store.shared_secret("identity-key", rand::random());
+    let asked = store
+        .store
+        .shared_secret(crate::cluster::identity_key::NAME, rand::random());
     let source = match tokio::time::timeout(KEY_WAIT, asked).await {
         Ok(Ok(key)) => return Ok(Some(key)),
         Ok(Err(e)) => e,
@@ -188,6 +190,15 @@ impl Bound {
             (settings.resume.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
         tokio::spawn(admin::upkeep(self.metrics.clone(), stop_admin.clone()));
+        if app.identity.is_configured() && app.store.store.is_shared() {
+            tokio::spawn(crate::cluster::identity_key::keep_identity_key(
+                app.store.store.clone(),
+                app.identity.key(),
+                app.store.lease,
+                app.metrics.clone(),
+                stop_admin.clone(),
+            ));
+        }
         tokio::spawn(serve_admin(
             self.admin,
             app.clone(),

@@ -352,3 +352,68 @@ async fn followers_tailing_the_store_count_against_max_followers() {
     let again = tokio::time::timeout(WAIT, ok).await.expect("a place freed");
     drop((again, f2));
 }
+
+/// Redis loses its data (a restart without persistence): the running replicas write their key back,
+/// so a replica started afterwards still hashes owners as they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_key_survives_redis_losing_its_data() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let tokens = tricky_tokens(60);
+    let t = tokens.clone();
+    let up = MockUpstream::start(move |_, _| Reply::sse(answer(&t, Duration::from_millis(5)))).await;
+    let owned = |c: &mut Config| {
+        on_redis(c, &redis.url());
+        c.store.lease = Dur(Duration::from_secs(1));
+        c.identity.from = Some(SourceSpec::Header(http::header::AUTHORIZATION));
+    };
+    let a = proxy(up.addr, owned).await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis-server");
+    let key = format!("{PREFIX}:identity-key");
+    let get_key = |mut conn: redis::aio::MultiplexedConnection| {
+        let key = key.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+                .expect("GET")
+        }
+    };
+    let before = get_key(conn.clone()).await.expect("A stored its key");
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("FLUSHALL");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get_key(conn.clone()).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key was never written back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_key(conn.clone()).await, Some(before), "the same key");
+    let b = proxy(up.addr, owned).await;
+    let alice = [("authorization", "Bearer alice")];
+    let resp = get(&format!("http://{}/stream", a.addr), &alice).await;
+    let mut all = Events::new(resp).take(2).await;
+    let last = all[1].id.clone().expect("event id");
+    let resp = get(
+        &format!("http://{}/stream", b.addr),
+        &[alice[0], ("last-event-id", &last)],
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "the owner resumes on the replica started after the loss"
+    );
+    all.extend(Events::new(resp).all().await);
+    assert_eq!(text_of(&all), tokens.concat());
+}
