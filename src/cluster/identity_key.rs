@@ -37,7 +37,7 @@ pub async fn keep_identity_key(
             ),
             Err(e) => {
                 tracing::debug!(error = %e, "the identity key could not be checked");
-                metrics.store_errors.increment(StoreOp::Admit);
+                metrics.store_errors.increment(StoreOp::Key);
             }
         }
     }

@@ -226,6 +226,8 @@ label_values! {
         List => "list",
         /// Reading or adding learned answer lengths.
         History => "history",
+        /// Reading or writing back the shared identity key.
+        Key => "key",
     }
 }
 
@@ -267,7 +269,10 @@ mod tests {
         );
         assert_eq!(
             values::<StoreOp>(),
-            ["create", "append", "finish", "refresh", "meta", "read", "wait", "admit", "list", "history"]
+            [
+                "create", "append", "finish", "refresh", "meta", "read", "wait", "admit", "list", "history",
+                "key"
+            ]
         );
         assert_eq!(values::<EvictionKind>(), ["finished", "running"]);
         assert_eq!(values::<StatusClass>(), ["2xx", "3xx", "4xx", "5xx"]);
