@@ -23,7 +23,8 @@ What each check proves:
   than one replica only on the Redis store.
 - Grafana: the dashboard and provisioning files parse; every metric the dashboard and alerts.yml
   query is in README's metrics table and in /metrics of a proxy that has just started (so panels
-  show 0, never "no data"); legend labels exist on the metrics queried.
+  show 0, never "no data"); legend labels exist on the metrics queried; after one stream from the
+  reference backend through the proxy, the counters the main panels plot have counted it.
 - systemd-analyze verify on the unit, nginx -t on nginx.conf with a self-signed certificate,
   promtool on the alert rules and their tests, when those tools are installed.
 """
@@ -42,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -324,16 +326,16 @@ def proxy_check(binary: Path, toml_text: str, name: str) -> None:
 
 
 class RunningProxy:
-    """The proxy on loopback ports picked by the OS, backend unreachable (nothing is streamed)."""
+    """The proxy on loopback ports picked by the OS, in front of `upstream`."""
 
-    def __init__(self, binary: Path, config: Path):
+    def __init__(self, binary: Path, config: Path, upstream: str = "http://127.0.0.1:9"):
         self.p = subprocess.Popen(
             [str(binary), "--config", str(config), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-             "--upstream", "http://127.0.0.1:9", "--log-format", "json"],
+             "--upstream", upstream, "--log-format", "json"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.p.stdout.readline() if self.p.stdout else ""
         try:
-            self.admin = json.loads(line)["admin"]
+            self.main, self.admin = json.loads(line)["listening"], json.loads(line)["admin"]
         except (ValueError, KeyError):
             self.stop()
             raise RuntimeError(f"the proxy printed no listening line (got {line!r})")
@@ -350,6 +352,63 @@ class RunningProxy:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample (`labels` as written, e.g. 'outcome="completed"'), 0 when absent."""
+    want = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def one_stream(binary: Path) -> None:
+    """The reference backend, the proxy with deploy/proxy.toml in front, one 40-token stream: the
+    counters the dashboard's main panels plot must have counted it."""
+    python = os.environ.get("SSE_PROXY_PYTHON") or sys.executable
+    if subprocess.run([python, "-c", "import fastapi, sse_starlette, uvicorn"], capture_output=True).returncode:
+        print(f"  skip one stream: {python} lacks the backend's packages (examples/fastapi-backend/requirements.txt)")
+        return
+    backend = subprocess.Popen([python, "run.py"], cwd=ROOT / "examples/fastapi-backend",
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proxy = None
+    try:
+        line = backend.stdout.readline() if backend.stdout else ""
+        upstream = "http://" + json.loads(line)["listening"]
+        proxy = RunningProxy(binary, DEPLOY / "proxy.toml", upstream)
+        url = f"http://{proxy.main}/api/question/stream?question=dashboard&tokens=40&rate=0"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            body = r.read().decode()
+        if "event: done" not in body:
+            fail(f"one stream through the proxy did not end with done: {body[-200:]!r}")
+            return
+        deadline = time.monotonic() + 10
+        while True:
+            text = proxy.get("/metrics")
+            if sample(text, "sse_proxy_streams_finished_total", 'outcome="completed"') >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        expect = [("sse_proxy_streams_started_total", "", 1), ("sse_proxy_streams_finished_total", 'outcome="completed"', 1),
+                  ("sse_proxy_tokens_total", "", 40), ("sse_proxy_time_to_first_token_seconds_count", "", 1),
+                  ("sse_proxy_stream_duration_seconds_count", "", 1), ("sse_proxy_batch_tokens_count", "", 1)]
+        for name, labels, least in expect:
+            got = sample(text, name, labels)
+            if got < least:
+                fail(f"after one 40-token stream {name}{{{labels}}} is {got:g}, expected at least {least}")
+        up, down = sample(text, "sse_proxy_upstream_events_total"), sample(text, "sse_proxy_downstream_events_total")
+        if not 0 < down < up:
+            fail(f"after one stream: upstream events {up:g}, downstream events {down:g}: no batching saving to plot")
+        else:
+            ok(f"one 40-token stream: counted in the dashboard's counters; {up:g} upstream events became "
+               f"{down:g} downstream events (saving {1 - down / up:.0%})")
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        fail(f"one stream through the proxy: {e}")
+    finally:
+        if proxy:
+            proxy.stop()
+        backend.terminate()
+        backend.wait(timeout=10)
 
 
 def exposition(text: str) -> dict[str, set[str]]:
@@ -789,6 +848,7 @@ def check_metrics(binary: Path, image: dict) -> None:
                 if lab not in labels:
                     fail(f"{source}: {title!r} legend uses label {lab}, which {sorted(names)} do not carry")
     ok(f"{len(used)} metric names used by the dashboard and alerts: all in README and in /metrics from the start")
+    one_stream(binary)
 
 
 # ---------------------------------------------------------------- systemd, nginx, promtool
