@@ -219,13 +219,21 @@ where
                 _ = sleep_opt(detach_at) => return End::Error(ErrorCode::Abandoned),
                 _ = shutdown.cancelled(), if shutdown_at.is_none() => {
                     shutdown_at = Some(Instant::now() + self.settings.shutdown_grace);
+                    if self.store.handoff {
+                        tracing::info!("shutting down: clients resume on another replica; reading on");
+                        detached_since = None;
+                    }
                 }
                 changed = followers.changed() => {
                     if changed.is_err() {
                         return End::Error(ErrorCode::Abandoned);
                     }
                     let n = *followers.borrow_and_update();
+                    // Handed-off clients follow from another replica: leaving is neither a detach
+                    // nor a Stop.
+                    let handed_off = shutdown_at.is_some() && self.store.handoff;
                     detached_since = match (n, detached_since) {
+                        _ if handed_off => None,
                         (0, None) => Some(Instant::now()),
                         (0, since) => since,
                         _ => None,
