@@ -562,7 +562,7 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
-        async fn an_unavailable_store_or_shutdown_ends_the_body_without_an_event() {
+        async fn an_unavailable_store_ends_the_body_without_an_event_and_shutdown_hands_off() {
             let gate = Gate::new(memory(Duration::from_secs(600)));
             let id = written(&*gate, 1).await;
             let stop = CancellationToken::new();
@@ -582,6 +582,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 stopper.cancel();
             });
+            assert_eq!(
+                s(c.next_chunk().await),
+                "retry: 250\n\n",
+                "come back soon, elsewhere"
+            );
             assert!(c.next_chunk().await.is_none());
         }
     }
