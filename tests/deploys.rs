@@ -86,6 +86,23 @@ async fn sigterm_moves_every_running_answer_to_another_replica_without_loss() {
         let (evs, seen) = start(a.addr, n, 2).await;
         clients.push(tokio::spawn(async move { follow(evs, seen, &url).await }));
     }
+    // Answer 50 on A with a second tab on B following it from its first event since before the
+    // SIGTERM: B goes on tailing it from Redis while A drains.
+    let (on_a, first) = start(a.addr, ANSWERS, 1).await;
+    let id = first[0].id.clone().expect("id");
+    let mut on_b = Events::new(
+        get(
+            &format!("http://{}/s/{ANSWERS}", b.addr),
+            &[("last-event-id", &id)],
+        )
+        .await,
+    );
+    let mut tab = on_b.take(1).await;
+    assert_eq!(tab.len(), 1, "B tails answer {ANSWERS} of A");
+    let tab_task = tokio::spawn(async move {
+        tab.extend(on_b.all().await);
+        tab
+    });
     a.sigterm();
 
     let mut outcomes: Vec<Followed> = Vec::new();
@@ -109,8 +126,14 @@ async fn sigterm_moves_every_running_answer_to_another_replica_without_loss() {
             "answer {n}: A's response ends by asking to come back soon: {first:?}"
         );
     }
-    assert_eq!(up.requests(), ANSWERS, "one upstream request per answer");
-    assert_one_request_each(&up, ANSWERS);
+    let mut tab = first;
+    tab.extend(tab_task.await.expect("the tab on B"));
+    assert_gapless(&tab, 1);
+    assert_eq!(text_of(&tab), tokens(ANSWERS, TOKENS).concat(), "the tab on B");
+    assert_thinking_then_done(&tab);
+    drop(on_a);
+    assert_eq!(up.requests(), ANSWERS + 1, "one upstream request per answer");
+    assert_one_request_each(&up, ANSWERS + 1);
     assert!(lb.served(b.addr) >= ANSWERS, "the clients resumed on B");
 
     // A read every upstream to its end, then exited cleanly.
@@ -124,7 +147,7 @@ async fn sigterm_moves_every_running_answer_to_another_replica_without_loss() {
         .iter()
         .filter(|l| l["message"] == "stream finished" && l["outcome"] == "completed")
         .count();
-    assert_eq!(completed, ANSWERS, "{log}");
+    assert_eq!(completed, ANSWERS + 1, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
