@@ -126,6 +126,14 @@ async fn sigterm_moves_every_running_answer_to_another_replica_without_loss() {
             "answer {n}: A's response ends by asking to come back soon: {first:?}"
         );
     }
+    let mut pauses: Vec<Duration> = outcomes.iter().flat_map(|o| o.pauses.clone()).collect();
+    pauses.sort();
+    println!(
+        "hand-off: {} reconnections; pause between events across one: median {:?}, max {:?}",
+        pauses.len(),
+        pauses[pauses.len() / 2],
+        pauses[pauses.len() - 1]
+    );
     let mut tab = first;
     tab.extend(tab_task.await.expect("the tab on B"));
     assert_gapless(&tab, 1);

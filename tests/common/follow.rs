@@ -19,6 +19,8 @@ pub struct Followed {
     pub events: Vec<Ev>,
     /// The raw bytes of each `200` response, in order.
     pub responses: Vec<Vec<u8>>,
+    /// For each reconnection, the time from the last event before it to the first one after it.
+    pub pauses: Vec<Duration>,
 }
 
 impl Followed {
@@ -49,8 +51,11 @@ pub async fn follow(first: Events, seen: Vec<Ev>, reconnect: &str) -> Followed {
     let mut out = Followed {
         events: seen,
         responses: Vec::new(),
+        pauses: Vec::new(),
     };
     let mut current = Some(first);
+    let mut last_at = std::time::Instant::now();
+    let mut reconnected = false;
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     loop {
         assert!(
@@ -66,7 +71,10 @@ pub async fn follow(first: Events, seen: Vec<Ev>, reconnect: &str) -> Followed {
                     continue;
                 };
                 match r.status().as_u16() {
-                    200 => Events::new(r),
+                    200 => {
+                        reconnected = true;
+                        Events::new(r)
+                    }
                     204 => return out,
                     503 => {
                         tokio::time::sleep(PAUSE).await;
@@ -77,6 +85,10 @@ pub async fn follow(first: Events, seen: Vec<Ev>, reconnect: &str) -> Followed {
             }
         };
         while let Some(e) = evs.next().await {
+            if std::mem::take(&mut reconnected) {
+                out.pauses.push(last_at.elapsed());
+            }
+            last_at = std::time::Instant::now();
             last_id = e.id.clone().or(last_id);
             let end = ended(&e);
             out.events.push(e);
