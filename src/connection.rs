@@ -260,6 +260,7 @@ impl Cursor {
                     // Once fired, the hand-off is checked at every read.
                     let handoff = handoff.as_ref().filter(|h| !h.is_cancelled());
                     tokio::select! {
+                        biased;
                         () = sub.changed() => Ok(Waited::Changed),
                         () = sleep_until(beat_at) => Ok(Waited::Beat),
                         () = cancelled(handoff) => Ok(Waited::Changed),
