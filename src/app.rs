@@ -81,8 +81,11 @@ impl App {
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
-        store: store::Handle,
+        mut store: store::Handle,
     ) -> Self {
+        // The identity key is this process's own: another replica could not tell a stream's owner,
+        // so clients stay here to the end of their streams rather than being sent there.
+        store.handoff &= settings.identity.is_none();
         let registry = Arc::new(Registry::new(
             Arc::new(LogBudget::new(metrics.log_bytes.clone())),
             settings.limits.max_streams,
@@ -171,4 +174,26 @@ pub(crate) fn test_app(extra: &str) -> Arc<App> {
         CancellationToken::new(),
         metrics,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(identity: &str) -> App {
+        let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{identity}");
+        let cfg = crate::config::Config::from_toml_str(&text, "<test>").expect("valid test config");
+        let settings = Settings::build(&cfg);
+        let store = memory_store(&settings).shared();
+        let metrics = Arc::new(Metrics::noop());
+        App::with_store(settings, None, CancellationToken::new(), metrics, store)
+    }
+
+    #[test]
+    fn clients_are_handed_off_on_a_shared_store_only_when_any_replica_can_tell_their_owner() {
+        assert!(app("").store.handoff);
+        let with_identity = app("[identity]\nfrom = \"header:authorization\"\n");
+        assert!(!with_identity.store.handoff);
+        assert!(!with_identity.readers.store.handoff);
+    }
 }

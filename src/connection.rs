@@ -4,6 +4,10 @@
 //! client never builds a queue of small writes), waits for the log to grow, and writes a heartbeat
 //! comment when nothing was written for the heartbeat interval. It reads this process's log of a
 //! stream it reads itself, or the stream store for a stream another replica reads.
+//!
+//! When the process shuts down and another replica can serve the stream from a shared store, the
+//! cursor hands its client off: it writes what the store already has, then a short `retry:`, and
+//! ends the body, so the client resumes elsewhere from its last event.
 
 use crate::http_util::ProxyBody;
 use crate::ids::StreamId;
@@ -17,7 +21,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Per-connection write settings.
@@ -29,10 +33,21 @@ pub struct CursorSettings {
     pub max_write_bytes: usize,
 }
 
+/// The reconnection delay a client is given when it is handed off to another replica. Short, so the
+/// answer goes on with a pause of about one batch (`batching.max_delay` is 100 ms by default); not
+/// zero, so this process's listener is closed (and a balancer skips it) before the client comes
+/// back, and so many clients handed off at once are not one burst of connects. The next replica's
+/// `retry:` preamble restores `resume.client_retry` for later reconnections.
+pub const HANDOFF_RETRY: Duration = Duration::from_millis(250);
+
 /// Where a cursor reads.
 enum Source {
-    /// This process's log of a stream it reads.
-    Local { follower: Follower, sub: Subscription },
+    /// This process's log of a stream it reads; its client is handed off once `handoff` fires.
+    Local {
+        follower: Follower,
+        sub: Subscription,
+        handoff: Option<CancellationToken>,
+    },
     /// The stream store.
     Remote(Remote),
 }
@@ -60,7 +75,7 @@ enum Waited {
 
 impl Remote {
     /// Tails `id` in `store`, making sure every `lease` that a replica still reads it; ends when
-    /// `stop` fires (the client resumes from its last event).
+    /// `stop` fires (the client is handed off: it resumes from its last event elsewhere).
     pub fn new(store: Arc<dyn Store>, id: StreamId, lease: Duration, stop: CancellationToken) -> Self {
         Remote {
             store,
@@ -134,6 +149,14 @@ impl Remote {
     }
 }
 
+/// Waits for `token`, or forever when `None`.
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A connection's position in a stream's log.
 pub struct Cursor {
     source: Source,
@@ -157,12 +180,26 @@ impl Cursor {
     ) -> Self {
         let sub = follower.stream().log.subscribe();
         Self::with_source(
-            Source::Local { follower, sub },
+            Source::Local {
+                follower,
+                sub,
+                handoff: None,
+            },
             after,
             preamble,
             settings,
             metrics,
         )
+    }
+
+    /// Hands the client off once `handoff` fires (another replica can serve the stream from the
+    /// store): after everything the store has, unless the log is live-only, whose ids the store may
+    /// lack (the client then stays to the end).
+    pub fn hand_off_on(mut self, handoff: CancellationToken) -> Self {
+        if let Source::Local { handoff: h, .. } = &mut self.source {
+            *h = Some(handoff);
+        }
+        self
     }
 
     /// [`Cursor::new`] for a stream read from the store.
@@ -205,7 +242,7 @@ impl Cursor {
         loop {
             let max = self.settings.max_write_bytes;
             let read = match &mut self.source {
-                Source::Local { follower, sub } => {
+                Source::Local { follower, sub, .. } => {
                     sub.mark_seen();
                     Ok(follower.stream().log.read_after(self.pos, max))
                 }
@@ -224,15 +261,22 @@ impl Cursor {
                 Ok(Read::End) => return None,
                 // The log dropped events this connection had not read yet (memory bound).
                 Ok(Read::Gone) | Err((_, StoreError::NotFound)) => return Some(self.evicted()),
+                Ok(Read::Pending) if self.handing_off() => return Some(self.hand_off()),
                 Ok(Read::Pending) => {}
                 Err((op, e)) => return self.store_failed(op, &e),
             }
             let beat_at = self.last_write + self.settings.heartbeat;
             let waited = match &mut self.source {
-                Source::Local { sub, .. } => match timeout_at(beat_at, sub.changed()).await {
-                    Ok(()) => Ok(Waited::Changed),
-                    Err(_) => Ok(Waited::Beat),
-                },
+                Source::Local { sub, handoff, .. } => {
+                    // Once fired, the hand-off is checked at every read.
+                    let handoff = handoff.as_ref().filter(|h| !h.is_cancelled());
+                    tokio::select! {
+                        biased;
+                        () = sub.changed() => Ok(Waited::Changed),
+                        () = sleep_until(beat_at) => Ok(Waited::Beat),
+                        () = cancelled(handoff) => Ok(Waited::Changed),
+                    }
+                }
                 Source::Remote(r) => r.wait(self.pos, beat_at, &self.metrics).await,
             };
             match waited {
@@ -242,14 +286,33 @@ impl Cursor {
                     self.metrics.heartbeats.increment(1);
                     return Some(Bytes::from_static(protocol::HEARTBEAT));
                 }
-                Ok(Waited::Stop) => {
-                    self.done = true;
-                    return None;
-                }
+                Ok(Waited::Stop) => return Some(self.hand_off()),
                 Err((_, StoreError::NotFound)) => return Some(self.evicted()),
                 Err((op, e)) => return self.store_failed(op, &e),
             }
         }
+    }
+
+    /// Whether the client has everything the store has of a local stream and is to be handed off.
+    fn handing_off(&self) -> bool {
+        match &self.source {
+            Source::Local {
+                follower,
+                handoff: Some(h),
+                ..
+            } => h.is_cancelled() && !follower.stream().log.is_live_only(),
+            _ => false,
+        }
+    }
+
+    /// The last bytes of a handed-off connection: come back soon (to another replica).
+    fn hand_off(&mut self) -> Bytes {
+        tracing::debug!(
+            after = self.pos,
+            "shutting down: the client resumes on another replica"
+        );
+        self.done = true;
+        protocol::retry_preamble(HANDOFF_RETRY.as_millis() as u64)
     }
 
     fn evicted(&mut self) -> Bytes {
@@ -511,7 +574,7 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
-        async fn an_unavailable_store_or_shutdown_ends_the_body_without_an_event() {
+        async fn an_unavailable_store_ends_the_body_without_an_event_and_shutdown_hands_off() {
             let gate = Gate::new(memory(Duration::from_secs(600)));
             let id = written(&*gate, 1).await;
             let stop = CancellationToken::new();
@@ -531,6 +594,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 stopper.cancel();
             });
+            assert_eq!(
+                s(c.next_chunk().await),
+                "retry: 250\n\n",
+                "come back soon, elsewhere"
+            );
             assert!(c.next_chunk().await.is_none());
         }
     }

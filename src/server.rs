@@ -103,7 +103,7 @@ async fn configured_store(settings: &Settings) -> Result<crate::store::Handle, S
     }
     let store_settings = crate::app::store_settings(settings);
     match crate::store::RedisStore::connect(&cfg.url, &cfg.key_prefix, store_settings).await {
-        Ok(store) => Ok(crate::store::Handle::new(Arc::new(store), cfg.lease.0)),
+        Ok(store) => Ok(crate::store::Handle::new(Arc::new(store), cfg.lease.0).shared()),
         Err(source) if cfg.required => Err(ServerError::Store {
             url: redacted(&cfg.url),
             source,

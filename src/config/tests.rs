@@ -44,7 +44,7 @@ fn deployment_config_is_valid() {
     let c = Config::from_toml_str(text, "deploy/proxy.toml").expect("deploy/proxy.toml must be valid");
     assert_eq!(c.server.listen.ip().to_string(), "0.0.0.0");
     // The Kubernetes ConfigMap carries the same file.
-    let k8s = include_str!("../../deploy/kubernetes.yaml");
+    let k8s = include_str!("../../deploy/kubernetes/standalone.yaml");
     let indented: String = text
         .lines()
         .map(|l| {
@@ -57,7 +57,7 @@ fn deployment_config_is_valid() {
         .collect();
     assert!(
         k8s.contains(&indented),
-        "deploy/kubernetes.yaml's ConfigMap differs from deploy/proxy.toml"
+        "deploy/kubernetes/standalone.yaml's ConfigMap differs from deploy/proxy.toml"
     );
 }
 

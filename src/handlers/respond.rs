@@ -21,13 +21,16 @@ pub fn event_stream_response(
     span: tracing::Span,
 ) -> Response<ProxyBody> {
     let id = follower.stream().id;
-    let cursor = Cursor::new(
+    let mut cursor = Cursor::new(
         follower,
         after,
         preamble(app),
         app.settings.cursor,
         app.metrics.clone(),
     );
+    if app.store.handoff {
+        cursor = cursor.hand_off_on(app.shutdown.clone());
+    }
     sse_response(id, cursor, span)
 }
 

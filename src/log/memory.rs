@@ -266,6 +266,10 @@ impl StreamLog for MemoryLog {
         self.wake();
     }
 
+    fn is_live_only(&self) -> bool {
+        !self.lock().staged
+    }
+
     fn frames_after(&self, after: u64) -> Option<Vec<Bytes>> {
         let inner = self.lock();
         if after >= inner.last() {

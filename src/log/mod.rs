@@ -94,6 +94,9 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Live-only (`true`): everything appended so far, and every later append, is visible at once.
     /// `false` (a staged log): appends wait for [`StreamLog::mark_durable`] again.
     fn set_live_only(&self, on: bool);
+    /// Whether appends are visible at once (not staged behind the store): readers may have ids the
+    /// store lacks.
+    fn is_live_only(&self) -> bool;
     /// The encoded events after `after` up to the last appended (the first has seq `after + 1`;
     /// empty when there are none); `None` when some of them were dropped.
     fn frames_after(&self, after: u64) -> Option<Vec<Bytes>>;

@@ -225,13 +225,21 @@ where
                 _ = sleep_opt(detach_at) => return End::Error(ErrorCode::Abandoned),
                 _ = shutdown.cancelled(), if shutdown_at.is_none() => {
                     shutdown_at = Some(Instant::now() + self.settings.shutdown_grace);
+                    if self.store.handoff {
+                        tracing::info!("shutting down: clients resume on another replica; reading on");
+                        detached_since = None;
+                    }
                 }
                 changed = followers.changed() => {
                     if changed.is_err() {
                         return End::Error(ErrorCode::Abandoned);
                     }
                     let n = *followers.borrow_and_update();
+                    // Handed-off clients follow from another replica: leaving is neither a detach
+                    // nor a Stop.
+                    let handed_off = shutdown_at.is_some() && self.store.handoff;
                     detached_since = match (n, detached_since) {
+                        _ if handed_off => None,
                         (0, None) => Some(Instant::now()),
                         (0, since) => since,
                         _ => None,
@@ -480,6 +488,12 @@ mod tests {
     }
 
     fn start(gate: Arc<Gate>, max_log: usize) -> Running {
+        start_with(gate, max_log, false, CancellationToken::new())
+    }
+
+    /// [`start`] with a stream store other replicas serve from (`handoff`), with
+    /// `resume.on_disconnect = "cancel"` then, and `shutdown`.
+    fn start_with(gate: Arc<Gate>, max_log: usize, handoff: bool, shutdown: CancellationToken) -> Running {
         let metrics = Arc::new(Metrics::noop());
         let id = StreamId::random();
         let budget = Arc::new(LogBudget::default());
@@ -494,7 +508,10 @@ mod tests {
         let log = Arc::new(MemoryLog::staged(id, max_log, budget));
         let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
         registry.insert(stream.clone());
-        let handle = store::Handle::new(gate, Duration::from_secs(5));
+        let handle = store::Handle {
+            handoff,
+            ..store::Handle::new(gate, Duration::from_secs(5))
+        };
         let limits = store::AdmitLimits {
             max_streams: 10,
             max_per_identity: 10,
@@ -525,7 +542,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(600),
                 max_event_bytes: 1 << 20,
                 detach_grace: Duration::from_secs(600),
-                cancel_on_disconnect: false,
+                cancel_on_disconnect: handoff,
                 shutdown_grace: Duration::from_secs(30),
             },
             registry,
@@ -537,16 +554,19 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             max_write_bytes: 1 << 16,
         };
-        let cursor = Cursor::new(
+        let mut cursor = Cursor::new(
             follower,
             0,
             Bytes::from_static(b"retry: 1000\n\n"),
             cursor_settings,
             metrics,
         );
+        if handoff {
+            cursor = cursor.hand_off_on(shutdown.clone());
+        }
         let body = StreamBody::new(frames);
         let reader = Reader::new(stream.clone(), body, route, &shared, admitted, Instant::now());
-        tokio::spawn(reader.run(CancellationToken::new()));
+        tokio::spawn(reader.run(shutdown));
         Running { stream, tx, cursor }
     }
 
@@ -665,6 +685,62 @@ mod tests {
             memory.read(r.stream.id, 0, usize::MAX).await,
             Ok(r.stream.log.read_after(0, usize::MAX))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_on_a_shared_store_hands_the_client_off_and_reads_the_upstream_on() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        let shutdown = CancellationToken::new();
+        let mut r = start_with(gate.clone(), 1 << 20, true, shutdown.clone());
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        // "b" is appended but the store does not have it yet.
+        gate.close();
+        r.send("b");
+        until(|| r.stream.log.last_seq() == 2 && gate.waiting() == 1).await;
+        shutdown.cancel();
+        assert_eq!(
+            &r.cursor.next_chunk().await.expect("the hand-off")[..],
+            b"retry: 250\n\n",
+            "after what the store has, come back soon"
+        );
+        assert!(r.cursor.next_chunk().await.is_none());
+        // The client leaving is not a Stop (on_disconnect = "cancel"): it follows elsewhere.
+        let Running { stream, tx, cursor } = r;
+        drop(cursor);
+        until(|| stream.followers() == 0).await;
+        gate.open();
+        tx.send(Bytes::from_static(b"data: c\n\n")).expect("reader reads");
+        tx.send(Bytes::from_static(b"event: done\ndata: {}\n\n"))
+            .expect("reader reads");
+        let end = stream.finished().await;
+        assert!(
+            matches!(end, crate::stream::State::Finished(Outcome::Completed, _)),
+            "{end:?}"
+        );
+        let meta = memory.meta(stream.id).await.expect("in the store");
+        assert_eq!(meta.state, StoreState::Finished(Outcome::Completed));
+        assert_eq!(meta.last_seq, 4, "a, b, c, done");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_only_stream_keeps_its_clients_through_a_shutdown() {
+        let gate = Gate::new(memory_store());
+        gate.fail(true);
+        let shutdown = CancellationToken::new();
+        let mut r = start_with(gate.clone(), 1 << 20, true, shutdown.clone());
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        shutdown.cancel();
+        r.send("b");
+        r.done();
+        let seen = r.read_until("event: done").await;
+        assert!(seen.contains(r#""content":"b""#), "{seen}");
+        assert!(!seen.contains("retry:"), "no other replica has its ids: {seen}");
+        assert!(r.cursor.next_chunk().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,15 +44,28 @@ pub struct Handle {
     pub replica: Arc<str>,
     /// The store's lease (see [`StoreSettings::lease`]).
     pub lease: Duration,
+    /// Other replicas can serve this process's streams from the store (it is shared): on shutdown
+    /// its clients are sent to them while it reads its running upstreams to their end.
+    pub handoff: bool,
 }
 
 impl Handle {
-    /// `store`, written to by this process under a fresh replica name.
+    /// `store`, written to by this process under a fresh replica name; no other replica serves
+    /// from it unless [`Handle::shared`] says so.
     pub fn new(store: Arc<dyn Store>, lease: Duration) -> Self {
         Handle {
             store,
             replica: replica_name().into(),
             lease,
+            handoff: false,
+        }
+    }
+
+    /// The same store, shared with other replicas that serve its streams (Redis).
+    pub fn shared(self) -> Self {
+        Handle {
+            handoff: true,
+            ..self
         }
     }
 

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod balancer;
+pub mod chaos;
 pub mod client;
+pub mod follow;
 pub mod h2raw;
 pub mod process;
 pub mod raw;

@@ -65,6 +65,39 @@ token_path = "/content"
     )
 }
 
+/// A config for a replica on the Redis at `redis`, in front of `upstream`: both listeners on port
+/// 0, `shutdown_grace` and `[store] lease` as given, `/stream` and `/s/*` re-framed with the token at
+/// `/content`.
+pub fn redis_config(upstream: SocketAddr, redis: &str, grace: &str, lease: &str) -> TempFile {
+    TempFile::new(
+        "replica.toml",
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "{grace}"
+
+[upstream]
+url = "http://{upstream}"
+
+[store]
+kind = "redis"
+url = "{redis}"
+lease = "{lease}"
+
+[[stream]]
+path = "/stream"
+token_path = "/content"
+
+[[stream]]
+path = "/s/*"
+token_path = "/content"
+"#
+        ),
+    )
+}
+
 /// Runs the binary with `args` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
@@ -164,6 +197,16 @@ impl ProxyProcess {
     pub fn sigterm(&self) {
         let st = Command::new("kill")
             .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+    }
+
+    /// Sends SIGKILL: the process ends at once, its sockets closed by the kernel.
+    pub fn sigkill(&self) {
+        let st = Command::new("kill")
+            .arg("-KILL")
             .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
