@@ -81,11 +81,8 @@ impl App {
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
-        mut store: store::Handle,
+        store: store::Handle,
     ) -> Self {
-        // The identity key is this process's own: another replica could not tell a stream's owner,
-        // so clients stay here to the end of their streams rather than being sent there.
-        store.handoff &= settings.identity.is_none();
         let registry = Arc::new(Registry::new(
             Arc::new(LogBudget::new(metrics.log_bytes.clone())),
             settings.limits.max_streams,
@@ -190,10 +187,11 @@ mod tests {
     }
 
     #[test]
-    fn clients_are_handed_off_on_a_shared_store_only_when_any_replica_can_tell_their_owner() {
+    fn clients_are_handed_off_on_a_shared_store_with_an_identity_too() {
+        // The replicas share the identity key (see `server`): any of them tells a stream's owner.
         assert!(app("").store.handoff);
         let with_identity = app("[identity]\nfrom = \"header:authorization\"\n");
-        assert!(!with_identity.store.handoff);
-        assert!(!with_identity.readers.store.handoff);
+        assert!(with_identity.store.handoff);
+        assert!(with_identity.readers.store.handoff);
     }
 }

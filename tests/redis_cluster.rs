@@ -417,3 +417,40 @@ async fn the_identity_key_survives_redis_losing_its_data() {
     all.extend(Events::new(resp).all().await);
     assert_eq!(text_of(&all), tokens.concat());
 }
+
+/// With `[identity]` set, a stopping replica hands its clients off like any other: the replica they
+/// come back to tells their owner with the shared key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_identity_a_stopping_replica_hands_the_owner_to_another() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let tokens = tricky_tokens(100);
+    let t = tokens.clone();
+    let up = MockUpstream::start(move |_, _| Reply::sse(answer(&t, Duration::from_millis(10)))).await;
+    let owned = |c: &mut Config| {
+        on_redis(c, &redis.url());
+        c.identity.from = Some(SourceSpec::Header(http::header::AUTHORIZATION));
+    };
+    let mut a = proxy(up.addr, owned).await;
+    let b = proxy(up.addr, owned).await;
+    let alice = [("authorization", "Bearer alice")];
+    let mut on_a = Events::new(get(&format!("http://{}/stream", a.addr), &alice).await);
+    let mut all = on_a.take(3).await;
+    a.shutdown.cancel();
+    all.extend(on_a.all().await);
+    let last = all.last().expect("events").clone();
+    assert_ne!(last.event, "done", "A sent its client away before the end");
+    let id = last.id.expect("event id");
+    let resp = get(
+        &format!("http://{}/stream", b.addr),
+        &[alice[0], ("last-event-id", &id)],
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "the owner resumes on B");
+    all.extend(Events::new(resp).all().await);
+    assert_gapless(&all, 1);
+    assert_eq!(text_of(&all), tokens.concat());
+    assert_eq!(up.requests(), 1, "one upstream request");
+    a.stop().await;
+}
