@@ -454,3 +454,40 @@ async fn with_identity_a_stopping_replica_hands_the_owner_to_another() {
     assert_eq!(up.requests(), 1, "one upstream request");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_tailing_the_store_are_counted_across_replicas() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let up = hanging_upstream().await;
+    let a = proxy(up.addr, |c| on_redis(c, &redis.url())).await;
+    let two = |c: &mut Config| {
+        on_redis(c, &redis.url());
+        c.limits.max_followers = 2;
+    };
+    let b = proxy(up.addr, two).await;
+    let c = proxy(up.addr, two).await;
+    let mut evs = Events::new(get(&format!("http://{}/stream", a.addr), &[]).await);
+    let id = evs.take(1).await[0].id.clone().expect("event id");
+    let on = |p: &TestProxy| format!("http://{}/stream", p.addr);
+    let f1 = get(&on(&b), &[("last-event-id", &id)]).await;
+    let f2 = get(&on(&c), &[("last-event-id", &id)]).await;
+    assert_eq!((f1.status().as_u16(), f2.status().as_u16()), (200, 200));
+    let f3 = get(&on(&b), &[("last-event-id", &id)]).await;
+    assert_eq!(f3.status(), 429, "B counts C's follower");
+    assert_eq!(get(&on(&c), &[("last-event-id", &id)]).await.status(), 429);
+    drop(f2);
+    let again = async {
+        loop {
+            let r = get(&on(&b), &[("last-event-id", &id)]).await;
+            if r.status() == 200 {
+                return r;
+            }
+            assert_eq!(r.status(), 429);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let f4 = tokio::time::timeout(WAIT, again).await.expect("C's place freed");
+    drop((f1, f4));
+}

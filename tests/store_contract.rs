@@ -101,3 +101,8 @@ async fn lengths_keep_the_newest_per_route_and_model() {
 async fn shared_secret_first_proposal_wins() {
     contract::shared_secret_first_proposal_wins(MEMORY).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn followers_are_counted_until_they_leave_or_lapse() {
+    contract::followers_are_counted_until_they_leave_or_lapse(MEMORY).await;
+}

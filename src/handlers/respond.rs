@@ -2,12 +2,13 @@
 //! the 429 of a limit, and the answer to a failed backend request.
 
 use crate::app::App;
+use crate::cluster::Following;
 use crate::connection::{Cursor, Remote};
 use crate::http_util::{self, ProxyBody};
 use crate::ids::StreamId;
 use crate::metrics::{ErrorLabel, Metrics, RejectReason};
 use crate::protocol;
-use crate::stream::{Follower, Rejected, RemoteFollower};
+use crate::stream::{Follower, Rejected};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -38,7 +39,7 @@ pub fn event_stream_response(
 /// `follower` counts a connection of.
 pub fn store_stream_response(
     app: &App,
-    follower: RemoteFollower,
+    follower: Following,
     after: u64,
     span: tracing::Span,
 ) -> Response<ProxyBody> {

@@ -2,6 +2,7 @@
 
 use super::respond::{event_stream_response, store_stream_response, too_many};
 use crate::app::App;
+use crate::cluster::{self, NotFollowing};
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
 use crate::log::StreamLog;
@@ -91,8 +92,10 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
     let max = app.settings.limits.max_followers;
-    let Some(follower) = app.registry.follow_remote(id.stream, max) else {
-        return Resume::Respond(too_many(app, Rejected::MaxFollowers));
+    let follower = match cluster::follow(&app.store, &app.registry, id.stream, max, &app.metrics).await {
+        Ok(f) => f,
+        Err(NotFollowing::Full) => return Resume::Respond(too_many(app, Rejected::MaxFollowers)),
+        Err(NotFollowing::Gone) => return Resume::Gone,
     };
     app.metrics.resumes.increment(ResumeResult::Replayed);
     let span =

@@ -775,3 +775,39 @@ pub async fn shared_secret_first_proposal_wins(f: &dyn Factory) {
     assert_eq!(store.shared_secret("test-key", [2; 16]).await, Ok([1; 16]));
     assert_eq!(store.shared_secret("other-key", [3; 16]).await, Ok([3; 16]));
 }
+
+/// Followers tailing a stream from the store: counted up to a bound, given back when they leave
+/// or their lease lapses; a stream the store does not hold has none.
+pub async fn followers_are_counted_until_they_leave_or_lapse(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let id = created(&*store).await;
+    assert_eq!(store.follow(id, 1, 2).await, Ok(true));
+    assert_eq!(store.follow(id, 2, 2).await, Ok(true));
+    assert_eq!(
+        store.follow(id, 1, 2).await,
+        Ok(true),
+        "a follower counted already"
+    );
+    assert_eq!(store.follow(id, 3, 2).await, Ok(false), "a third");
+    let other = created(&*store).await;
+    assert_eq!(
+        store.follow(other, 3, 2).await,
+        Ok(true),
+        "another stream counts apart"
+    );
+    assert_eq!(store.unfollow(id, 2).await, Ok(()));
+    assert_eq!(store.unfollow(id, 2).await, Ok(()), "leaving twice");
+    assert_eq!(store.follow(id, 3, 2).await, Ok(true), "a place came back");
+    sleep(LEASE / 2).await;
+    assert_eq!(store.refresh_follow(id, 1).await, Ok(()));
+    sleep(LEASE * 3 / 4).await;
+    assert_eq!(store.follow(id, 4, 2).await, Ok(true), "follower 3 lapsed");
+    assert_eq!(
+        store.follow(id, 5, 2).await,
+        Ok(false),
+        "follower 1 was refreshed"
+    );
+    let unknown = StreamId::random();
+    assert_eq!(store.follow(unknown, 1, 2).await, Err(StoreError::NotFound));
+    assert_eq!(store.unfollow(unknown, 1).await, Ok(()));
+}

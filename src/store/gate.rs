@@ -221,6 +221,27 @@ impl Store for Gate {
         })
     }
 
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.follow(id, token, max).await
+        })
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.refresh_follow(id, token).await
+        })
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.unfollow(id, token).await
+        })
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }

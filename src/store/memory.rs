@@ -385,6 +385,29 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'_, Result<[u8; 16], StoreError>> {
         Box::pin(ready(Ok(lock(&self.cluster).secret(name, proposed))))
     }
+
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let lease = self.settings.lease;
+        Box::pin(ready(self.with_record(id, false, |r, now| {
+            Ok(r.follow(token, max, now, later(now, lease)))
+        })))
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let lease = self.settings.lease;
+        Box::pin(ready(self.with_record(id, false, |r, now| {
+            r.refresh_follow(token, later(now, lease));
+            Ok(())
+        })))
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = self.with_record(id, false, |r, _| {
+            r.unfollow(token);
+            Ok(())
+        });
+        Box::pin(ready(Ok(())))
+    }
 }
 
 #[cfg(test)]

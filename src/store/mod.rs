@@ -352,6 +352,18 @@ pub trait Store: Send + Sync + 'static {
         proposed: [u8; 16],
     ) -> BoxFuture<'_, Result<[u8; 16], StoreError>>;
 
+    /// Counts follower `token` (a connection tailing stream `id` from the store) unless `max`
+    /// followers whose lease has not lapsed already do; `false` when full. A token counted already
+    /// is refreshed and admitted again.
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Extends follower `token`'s lease by the store's `lease` from now (counting it again, `max`
+    /// unchecked, if it had lapsed).
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Stops counting follower `token` (one not counted succeeds).
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Whether other processes use this store too (then learned lengths are synced through it).
     fn is_shared(&self) -> bool {
         false

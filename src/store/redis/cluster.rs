@@ -8,6 +8,9 @@
 //! carry the hash tag `{running}`, so they share one Redis Cluster slot and a script may name an
 //! owner's key it only learns while it runs. They live twice a lease past their last write.
 //!
+//! **Followers** tailing a stream from the store: `<prefix>:{<id>}:followers`, beside the stream's
+//! keys, a sorted set of connection tokens scored by their lease deadline.
+//!
 //! **Learned lengths**: `<prefix>:lengths:<route>|<model>`, a list of the newest totals (newest
 //! first), trimmed to `progress.max_history` and kept a week past its last write (model names come
 //! from requests, so a key nobody writes to goes away).
@@ -99,6 +102,23 @@ end
 return out
 "#;
 
+/// `KEYS`: the stream's metadata, its followers; `ARGV`: token, lease ms, max (`-1`: a refresh,
+/// unchecked).
+const FOLLOW: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'nf' end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function s(n) return string.format('%.0f', n) end
+local max = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', s(now))
+if max >= 0 and not redis.call('ZSCORE', KEYS[2], ARGV[1]) and redis.call('ZCARD', KEYS[2]) >= max then
+  return 'full'
+end
+redis.call('ZADD', KEYS[2], s(now + tonumber(ARGV[2])), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], s(2 * tonumber(ARGV[2])))
+return 'ok'
+"#;
+
 /// `KEYS[1]`: the secret's key; `ARGV[1]`: the proposed value. The value kept.
 const SECRET: &str = r#"
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
@@ -114,6 +134,7 @@ static REFRESH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| claims_script(
 static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| claims_script(RELEASE));
 static LIST_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| claims_script(LIST));
 static SECRET_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SECRET));
+static FOLLOW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(FOLLOW));
 
 /// Lower-case hex of `bytes`.
 fn hex(bytes: &[u8]) -> String {
@@ -196,6 +217,46 @@ impl RedisStore {
             out.push(ClaimInfo { id, replica, meta });
         }
         Ok(out)
+    }
+
+    /// The followers of stream `id`: a sorted set of tokens by lease deadline, beside its
+    /// metadata (same hash tag).
+    fn followers_key(&self, id: StreamId) -> String {
+        format!("{}:{{{id}}}:followers", self.prefix)
+    }
+
+    /// Counts follower `token` of `id`, unless `max` are counted (`None`: a refresh, unchecked).
+    pub(super) async fn follow_now(
+        &self,
+        id: StreamId,
+        token: u64,
+        max: Option<usize>,
+    ) -> Result<bool, StoreError> {
+        let [meta, _] = self.keys(id);
+        let mut inv = FOLLOW_SCRIPT.prepare_invoke();
+        inv.key(meta)
+            .key(self.followers_key(id))
+            .arg(token)
+            .arg(millis(self.settings.lease))
+            .arg(max.map_or(-1, |m| i64::try_from(m).unwrap_or(i64::MAX)));
+        let mut conn = self.conn.clone();
+        let word: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        match word.as_str() {
+            "ok" => Ok(true),
+            "full" => Ok(false),
+            "nf" => Err(StoreError::NotFound),
+            _ => Err(super::malformed("follow")),
+        }
+    }
+
+    pub(super) async fn unfollow_now(&self, id: StreamId, token: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.followers_key(id))
+            .arg(token)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     fn lengths_key(&self, route: &str, model: &str) -> String {

@@ -417,6 +417,18 @@ impl Store for RedisStore {
         Box::pin(self.shared_secret_now(name, proposed))
     }
 
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.follow_now(id, token, Some(max)))
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.follow_now(id, token, None).await.map(drop) })
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.unfollow_now(id, token))
+    }
+
     fn is_shared(&self) -> bool {
         true
     }
