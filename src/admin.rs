@@ -50,6 +50,10 @@ pub fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Res
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "shutting_down" }),
         ),
+        "/readyz" if !app.store_health.connected() => http_util::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "store_unavailable" }),
+        ),
         "/readyz" if app.connections.available_permits() == 0 => http_util::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "at_capacity" }),

@@ -108,12 +108,13 @@ impl Remote {
         );
         match self
             .store
-            .finish(self.id, Outcome::Error, Batch::new(seq, vec![frame]))
+            .finish(self.id, Outcome::Lost, Batch::new(seq, vec![frame]))
             .await
         {
             Ok(_) => {
                 tracing::warn!("the replica reading this stream stopped renewing its lease; it ends here");
                 metrics.error(code);
+                metrics.streams_lost.increment(1);
                 Ok(())
             }
             // The reader wrote meanwhile (it is alive), or the stream ended anyway.
@@ -462,7 +463,7 @@ mod tests {
             assert!(chunk.contains("\"recoverable\":false"), "{chunk}");
             assert!(c.next_chunk().await.is_none());
             let meta = store.meta(id).await.expect("meta");
-            assert_eq!(meta.state, crate::store::State::Finished(Outcome::Error));
+            assert_eq!(meta.state, crate::store::State::Finished(Outcome::Lost));
         }
 
         #[tokio::test(start_paused = true)]

@@ -95,6 +95,7 @@ fn outcome(code: ErrorCode) -> Outcome {
     match code {
         ErrorCode::Shutdown => Outcome::Shutdown,
         ErrorCode::Abandoned => Outcome::Abandoned,
+        ErrorCode::UpstreamLost => Outcome::Lost,
         _ => Outcome::Error,
     }
 }
@@ -704,14 +705,18 @@ mod tests {
         r.read_until(r#""content":"a""#).await;
         // Another replica ended it as lost.
         let lost = memory
-            .finish(r.stream.id, Outcome::Error, Batch::new(2, Vec::new()))
+            .finish(r.stream.id, Outcome::Lost, Batch::new(2, Vec::new()))
             .await;
-        assert_eq!(lost, Ok(Outcome::Error));
+        assert_eq!(lost, Ok(Outcome::Lost));
         r.send("b");
         let seen = r.read_until("event: error").await;
         assert!(seen.contains("\"code\":\"upstream_lost\""), "{seen}");
         assert!(r.cursor.next_chunk().await.is_none());
         until(|| r.tx.is_closed()).await;
+        assert!(matches!(
+            r.stream.state(),
+            crate::stream::State::Finished(Outcome::Lost, _)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
