@@ -138,7 +138,21 @@ async fn redis_lost_at_runtime_keeps_answers_live_gets_resumes_a_503_and_recover
         assert_eq!(first.len(), 2);
         clients.push((sid, first, events));
     }
+    // A follower on B tails one of them from Redis.
+    let followed = clients[1].1[1].id.clone().expect("event id");
+    let r = get(
+        &format!("http://{}/stream", b.addr),
+        &[("last-event-id", &followed)],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let mut follower = Events::new(r);
+    let mut on_b = follower.take(1).await;
     redis.stop();
+    // Its reads fail: the body ends without an event, so the browser resumes later.
+    on_b.extend(follower.all().await);
+    assert!(on_b.iter().all(|e| e.event != "error"), "{on_b:?}");
+    assert_gapless(&on_b, 3);
 
     // A resume on B of one of them: the store cannot say, so come back later (never 410).
     let (sid, first, _) = &clients[0];
