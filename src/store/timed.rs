@@ -20,17 +20,31 @@ impl Timed {
         Timed { inner, metrics }
     }
 
-    /// `fut`, recording its time under `op` once it resolves (a future dropped before is not
-    /// recorded). A future ready at once stays ready at once: the writer relies on that.
+    /// `fut`, recording its time under `op` once it resolves or is given up (dropped: a caller's
+    /// timeout). A future ready at once stays ready at once: the writer relies on that.
     fn time<'a, T: 'a>(&'a self, op: StoreOp, fut: impl Future<Output = T> + Send + 'a) -> BoxFuture<'a, T> {
         Box::pin(async move {
-            let start = Instant::now();
-            let out = fut.await;
-            self.metrics
-                .store_op_seconds
-                .record(op, start.elapsed().as_secs_f64());
-            out
+            let _timer = Timer {
+                op,
+                start: Instant::now(),
+                metrics: &self.metrics,
+            };
+            fut.await
         })
+    }
+}
+
+/// Records the time since `start` under `op` when dropped.
+struct Timer<'a> {
+    op: StoreOp,
+    start: Instant,
+    metrics: &'a Metrics,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        let secs = self.start.elapsed().as_secs_f64();
+        self.metrics.store_op_seconds.record(self.op, secs);
     }
 }
 
@@ -139,6 +153,11 @@ mod tests {
         assert_eq!(appended, Ok(1));
         timed.meta(id).await.expect("meta");
         timed.ping().await.expect("ping");
+        // A ping given up after 1 s (the gate holds it) is timed too.
+        gate.close();
+        let given_up = tokio::time::timeout(Duration::from_secs(1), timed.ping()).await;
+        assert!(given_up.is_err());
+        gate.open();
         let text = prom.handle.render();
         assert_eq!(
             [
@@ -149,7 +168,12 @@ mod tests {
             [1.0, 1.0, 1.0],
             "{text}"
         );
-        assert_eq!((count(&text, "ping"), count(&text, "read")), (1.0, 0.0), "{text}");
+        assert_eq!((count(&text, "ping"), count(&text, "read")), (2.0, 0.0), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("sse_proxy_store_op_seconds_sum{op=\"ping\"} 1")),
+            "{text}"
+        );
         assert!(
             text.lines()
                 .any(|l| l.starts_with("sse_proxy_store_op_seconds_sum{op=\"append\"} 0.25")),
