@@ -118,10 +118,23 @@ async fn redis_lost_at_runtime_keeps_answers_live_gets_resumes_a_503_and_recover
     };
     let tokens = tricky_tokens(80);
     let t = tokens.clone();
-    let up = MockUpstream::start(move |_, _| Reply::sse(answer(&t, Duration::from_millis(40)))).await;
+    let up = MockUpstream::start(move |parts, _| {
+        // `?slow` runs through the outage and past Redis's return.
+        let gap = if parts.uri.query() == Some("slow") {
+            200
+        } else {
+            40
+        };
+        Reply::sse(answer(&t, Duration::from_millis(gap)))
+    })
+    .await;
     let a = proxy(up.addr, |c| on_redis(c, &redis.url())).await;
     let b = proxy(up.addr, |c| on_redis(c, &redis.url())).await;
     until_ready_is(a.admin, (200, "ready")).await;
+    let resp = get(&format!("http://{}/stream?slow", a.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let mut slow = Events::new(resp);
+    let mut slow_seen = slow.take(2).await;
     assert_eq!(
         metric(&metrics_text(a.admin).await, "sse_proxy_store_connected"),
         1.0
@@ -216,6 +229,24 @@ async fn redis_lost_at_runtime_keeps_answers_live_gets_resumes_a_503_and_recover
         1.0
     );
 
+    // The answer still running is written again to the Redis that came back empty, and becomes
+    // resumable on B (until then B cannot find it).
+    slow_seen.extend(slow.take(2).await);
+    let last = slow_seen.last().and_then(|e| e.id.clone()).expect("event id");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let r = loop {
+        let r = get(&format!("http://{}/stream", b.addr), &[("last-event-id", &last)]).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B never found it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(slow);
+    slow_seen.extend(Events::new(r).all().await);
+    assert_gapless(&slow_seen, 1);
+    assert_eq!(text_of(&slow_seen), tokens.concat());
+
     // New answers are resumable across replicas again.
     let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
     assert_eq!(resp.status(), 200);
@@ -226,7 +257,7 @@ async fn redis_lost_at_runtime_keeps_answers_live_gets_resumes_a_503_and_recover
     all.extend(Events::new(r).all().await);
     assert_gapless(&all, 1);
     assert_eq!(text_of(&all), tokens.concat());
-    assert_eq!(up.requests(), 22, "one upstream request per answer");
+    assert_eq!(up.requests(), 23, "one upstream request per answer");
 }
 
 /// The stream id in the first event id of `events`.
