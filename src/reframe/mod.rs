@@ -703,6 +703,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_answer_that_ran_while_the_store_was_away_is_stored_when_it_ends_after() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        gate.fail(true);
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        // Back, and the answer ends before the writer's next try.
+        gate.fail(false);
+        r.done();
+        r.read_until("event: done").await;
+        assert!(r.cursor.next_chunk().await.is_none());
+        let id = r.stream.id;
+        let meta = memory.meta(id).await.expect("stored at its end");
+        assert_eq!(
+            (meta.state, meta.last_seq),
+            (StoreState::Finished(Outcome::Completed), 2)
+        );
+        assert_eq!(
+            memory.read(id, 0, usize::MAX).await,
+            Ok(r.stream.log.read_after(0, usize::MAX))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_store_that_does_not_answer_leaves_the_answer_live() {
         let memory = memory_store();
         let gate = Gate::new(memory.clone());

@@ -390,6 +390,17 @@ impl<'s> StoreWriter<'s> {
                 return;
             }
         }
+        if !self.created && self.mode != Mode::Detached {
+            // Never stored (the store was away): one more try, so the answer can be resumed.
+            match self.store.create(self.id, self.record.clone()).await {
+                Ok(()) | Err(StoreError::Exists) => self.created = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stream store did not take the stream");
+                    self.metrics.store_errors.increment(StoreOp::Create);
+                    return;
+                }
+            }
+        }
         for _ in 0..FINISH_ATTEMPTS {
             if !self.created || self.mode == Mode::Detached {
                 return;
