@@ -41,6 +41,8 @@ pub struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// The stream store: every stream's events, for resumes of streams this process does not hold.
     pub(crate) store: store::Handle,
+    /// Whether the stream store answers (`/readyz` says when it does not).
+    pub(crate) store_health: store::health::Health,
 }
 
 /// What the stream store is bounded by: the local logs' bounds and `[store] lease`.
@@ -70,7 +72,8 @@ impl App {
         Self::with_store(settings, learner, shutdown, metrics, store)
     }
 
-    /// The state for `settings`, counting into `metrics`, writing streams to `store`.
+    /// The state for `settings`, counting into `metrics`, writing streams to `store` (every
+    /// operation timed into `metrics`).
     pub fn with_store(
         settings: Settings,
         learner: Option<Arc<Learner>>,
@@ -81,6 +84,11 @@ impl App {
         // The identity key is this process's own: another replica could not tell a stream's owner,
         // so clients stay here to the end of their streams rather than being sent there.
         store.handoff &= settings.identity.is_none();
+        store = store::Handle {
+            store: Arc::new(store::Timed::new(store.store, metrics.clone())),
+            ..store
+        };
+        let store_health = store::health::Health::new(&metrics);
         let registry = Arc::new(Registry::new(
             Arc::new(LogBudget::new(metrics.log_bytes.clone())),
             settings.limits.max_streams,
@@ -117,6 +125,7 @@ impl App {
             shutdown,
             metrics,
             store,
+            store_health,
         }
     }
 }

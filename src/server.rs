@@ -159,6 +159,11 @@ impl Bound {
             (settings.resume.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
         tokio::spawn(admin::upkeep(self.metrics.clone(), stop_admin.clone()));
+        tokio::spawn(app.store_health.clone().run(
+            app.store.store.clone(),
+            app.metrics.clone(),
+            stop_admin.clone(),
+        ));
         tokio::spawn(serve_admin(
             self.admin,
             app.clone(),

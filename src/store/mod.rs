@@ -12,13 +12,16 @@
 pub mod contract;
 #[cfg(any(test, feature = "store-contract"))]
 pub mod gate;
+pub mod health;
 mod memory;
 mod record;
 mod redis;
+mod timed;
 
 pub use crate::log::Read;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use timed::Timed;
 
 use crate::identity::Owner;
 use crate::ids::StreamId;
@@ -266,4 +269,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes the stream and its frames (removing an absent stream succeeds). Waiters wake up.
     fn remove(&self, id: StreamId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    // Health (the health check's alone).
+
+    /// One round trip to the store: [`StoreError::Unavailable`] while it cannot be reached. A
+    /// store in this process is always reachable.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 use scripts::Scripts;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tail::Tail;
@@ -30,6 +31,13 @@ use tokio::time::Instant;
 
 /// How long connecting, and then any one command, may take before the store counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First wait before connecting again after the connection is lost; doubled up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between two attempts to connect again.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// How often a waiter looks at its stream's state (see [`RedisStore::wait`]).
 const POLL: Duration = Duration::from_secs(1);
@@ -51,6 +59,17 @@ fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// `command`, failing with [`StoreError::Unavailable`] unless it answers within [`TIMEOUT`]
+/// (the connection manager's response timeout does not cover waiting for a new connection).
+async fn within<T>(command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    match tokio::time::timeout(TIMEOUT, command).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(StoreError::Unavailable(
+            "the stream store did not answer in time".into(),
+        )),
+    }
+}
+
 fn malformed(what: &str) -> StoreError {
     StoreError::Unavailable(format!("unexpected reply from the store: {what}"))
 }
@@ -69,16 +88,10 @@ fn number(v: Option<&Vec<u8>>) -> Result<u64, StoreError> {
 }
 
 fn outcome(word: &[u8]) -> Result<Outcome, StoreError> {
-    [
-        Outcome::Completed,
-        Outcome::Cancelled,
-        Outcome::Abandoned,
-        Outcome::Error,
-        Outcome::Shutdown,
-    ]
-    .into_iter()
-    .find(|o| o.as_str().as_bytes() == word)
-    .ok_or_else(|| malformed("unknown outcome"))
+    Outcome::ALL
+        .into_iter()
+        .find(|o| o.as_str().as_bytes() == word)
+        .ok_or_else(|| malformed("unknown outcome"))
 }
 
 /// The error a refusal (`nf`, `fin`, `conflict`, `exists`) stands for, given the batch's first seq.
@@ -112,9 +125,13 @@ impl RedisStore {
     /// under `key_prefix`; [`StoreError::Unavailable`] if it cannot be reached.
     pub async fn connect(url: &str, key_prefix: &str, settings: StoreSettings) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(unavailable)?;
+        // A lost connection is made again in the background, at most RECONNECT_MAX apart; every
+        // operation meanwhile fails within TIMEOUT (see `run`), so nothing piles up behind it.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_response_timeout(Some(TIMEOUT))
+            .set_min_delay(RECONNECT_MIN)
+            .set_max_delay(RECONNECT_MAX);
         let conn = tokio::time::timeout(
             TIMEOUT,
             ConnectionManager::new_with_config(client.clone(), config),
@@ -157,7 +174,7 @@ impl RedisStore {
         }
         args(&mut inv);
         let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(unavailable)
+        within(inv.invoke_async(&mut conn)).await
     }
 
     async fn create_now(&self, id: StreamId, new: NewStream) -> Result<(), StoreError> {
@@ -320,11 +337,12 @@ impl RedisStore {
 
     async fn remove_now(&self, id: StreamId) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(&self.keys(id))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        within(redis::cmd("DEL").arg(&self.keys(id)).query_async::<()>(&mut conn)).await
+    }
+
+    async fn ping_now(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        within(redis::cmd("PING").query_async::<()>(&mut conn)).await
     }
 }
 
@@ -368,5 +386,9 @@ impl Store for RedisStore {
 
     fn remove(&self, id: StreamId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.remove_now(id))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ping_now())
     }
 }
