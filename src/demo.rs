@@ -173,33 +173,28 @@ fn answer_body(ask: Ask, tokens: Vec<String>) -> ProxyBody {
 /// The synthetic backend: `GET /api/question/stream?question=..[&tokens=N][&rate=R][&think_ms=MS]`
 /// streams thinking, sources, tokens, done; `/api/question/text` answers the same text at once.
 fn backend(req: &Request<RequestBody>) -> Response<ProxyBody> {
-    let uri = req.uri().clone();
-    let ask =
-        || Ask::from_query(&uri).map_err(|m| http_util::error(StatusCode::BAD_REQUEST, "bad_request", &m));
-    let question = || crate::query::param(&uri, "question").unwrap_or_default();
+    let uri = req.uri();
     match uri.path() {
-        "/api/question/stream" => match ask() {
-            Ok(ask) => {
-                let tokens = answer_tokens_of(&question(), ask.tokens);
-                let mut resp = Response::new(answer_body(ask, tokens));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                resp
-            }
-            Err(resp) => resp,
-        },
-        "/api/question/text" => match ask() {
-            Ok(ask) => {
-                let tokens = answer_tokens_of(&question(), ask.tokens);
-                http_util::json(
+        path @ ("/api/question/stream" | "/api/question/text") => {
+            let ask = match Ask::from_query(uri) {
+                Ok(ask) => ask,
+                Err(m) => return http_util::error(StatusCode::BAD_REQUEST, "bad_request", &m),
+            };
+            let question = crate::query::param(uri, "question").unwrap_or_default();
+            let tokens = answer_tokens_of(&question, ask.tokens);
+            if path == "/api/question/text" {
+                return http_util::json(
                     StatusCode::OK,
                     &serde_json::json!({ "answer": tokens.concat(), "tokens": tokens.len() }),
-                )
+                );
             }
-            Err(resp) => resp,
-        },
+            let mut resp = Response::new(answer_body(ask, tokens));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            resp
+        }
         "/" => {
             let mut resp = http_util::status(StatusCode::FOUND);
             resp.headers_mut()
@@ -351,6 +346,21 @@ mod tests {
             let name = bad.split('=').next().unwrap_or_default();
             assert!(e.starts_with(name), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_bad_query_value_is_a_400_saying_what_is_allowed() {
+        for path in ["/api/question/stream", "/api/question/text"] {
+            let req = Request::get(format!("{path}?question=x&tokens=0"))
+                .body(http_util::request_body(""))
+                .expect("request");
+            let resp = backend(&req);
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        }
+        let req = Request::get("/api/question/text?question=x&tokens=80")
+            .body(http_util::request_body(""))
+            .expect("request");
+        assert_eq!(backend(&req).status(), StatusCode::OK);
     }
 
     /// The upstream events of an answer, with the paused-clock time each arrived at.
