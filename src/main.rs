@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Demo) => run_demo(&cli),
         None => match load(&cli) {
-            Ok(settings) => run(settings, Some(&cli.config_path())),
+            Ok(settings) => run(settings, &cli.config_path()),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -126,7 +126,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs the proxy with the settings read from `config`.
-fn run(settings: Settings, config: Option<&Path>) -> ExitCode {
+fn run(settings: Settings, config: &Path) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -140,7 +140,7 @@ fn run(settings: Settings, config: Option<&Path>) -> ExitCode {
 /// How the proxy was started: from a config file, or as `sse-proxy demo`.
 #[derive(Clone, Copy)]
 enum Started<'a> {
-    Config(Option<&'a Path>),
+    Config(&'a Path),
     Demo,
 }
 
@@ -157,8 +157,10 @@ impl Started<'_> {
             ),
             Started::Config(file) => {
                 let key = listener.config_key();
-                let file = file.map_or_else(|| "the config".to_string(), |f| f.display().to_string());
-                format!("hint: choose another address with {flag} ADDR, or set {key} in {file}")
+                format!(
+                    "hint: choose another address with {flag} ADDR, or set {key} in {}",
+                    file.display()
+                )
             }
         }
     }
