@@ -25,8 +25,10 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} for the {listener} listener: {source}")]
     Bind {
+        /// Which listener.
+        listener: Listener,
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
@@ -40,6 +42,34 @@ pub enum ServerError {
         /// Why.
         source: crate::store::StoreError,
     },
+}
+
+/// One of the proxy's two listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen`: the clients.
+    Main,
+    /// `server.admin_listen`: metrics, health, streams.
+    Admin,
+}
+
+impl Listener {
+    /// The config key of its address.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Listener::Main => "server.listen",
+            Listener::Admin => "server.admin_listen",
+        }
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Listener::Main => "main",
+            Listener::Admin => "admin",
+        })
+    }
 }
 
 /// A proxy whose listeners are bound, ready to serve.
@@ -68,13 +98,15 @@ pub async fn bind_with_store(
     metrics: Prometheus,
     store: Option<crate::store::Handle>,
 ) -> Result<Bound, ServerError> {
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })
+    let bind = |listener: Listener, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+            listener,
+            addr,
+            source,
+        })
     };
-    let main = bind(settings.server.listen).await?;
-    let admin = bind(settings.server.admin_listen).await?;
+    let main = bind(Listener::Main, settings.server.listen).await?;
+    let admin = bind(Listener::Admin, settings.server.admin_listen).await?;
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
     let store = match store {
         Some(store) => store,
