@@ -48,8 +48,9 @@ pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         return Resume::Gone;
     }
     let log: &Arc<dyn StreamLog> = &stream.log;
-    // Only ids up to the durable mark were ever given out.
-    let last = log.durable_seq();
+    // Ids past the durable mark but appended may have been shown by another replica from the store
+    // before this one learnt the store has them; the cursor waits for the mark.
+    let last = log.last_seq();
     if id.seq > last || id.seq + 1 < log.first_seq() {
         return Resume::Gone;
     }

@@ -134,6 +134,18 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the proxy said about it (its warnings and errors).
+        if std::thread::panicking() {
+            if let Some(log) = self.stderr.take().and_then(|h| h.join().ok()) {
+                let said: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+                eprintln!(
+                    "--- sse-proxy {} (pid {}) warnings:\n{}",
+                    self.addr,
+                    self.child.id(),
+                    said.join("\n")
+                );
+            }
+        }
     }
 }
 
