@@ -240,3 +240,52 @@ async fn a_ca_file_that_holds_no_certificate_is_refused_at_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn without_a_ca_file_the_system_roots_are_used_or_those_of_ssl_cert_file() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = scratch("system-roots");
+    let ca = ca("sse-proxy test CA");
+    let Some(redis) = TlsRedis::start(&ca, &dir) else {
+        return;
+    };
+    let ca_file = dir.join("system-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write CA");
+    let config = process::stream_config(
+        "127.0.0.1:9".parse().expect("addr"),
+        &format!("\n[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url()),
+    );
+    let start = |ssl_cert_file: Option<&Path>| {
+        let mut cmd = Command::new(process::BIN);
+        cmd.args(["--config", config.path()])
+            .env("RUST_LOG", "warn")
+            .env_remove("SSL_CERT_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match ssl_cert_file {
+            Some(f) => cmd.env("SSL_CERT_FILE", f),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        let mut child = cmd.spawn().expect("start sse-proxy");
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line);
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut stderr = String::new();
+        let _ = child.stderr.take().expect("stderr").read_to_string(&mut stderr);
+        (line, stderr)
+    };
+    let (line, stderr) = start(Some(&ca_file));
+    assert!(
+        line.contains("listening"),
+        "started with SSL_CERT_FILE: {line:?} {stderr}"
+    );
+    let (line, stderr) = start(None);
+    assert!(
+        !line.contains("listening"),
+        "the private CA is not among the system's roots"
+    );
+    assert!(stderr.contains("certificate"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,8 +44,8 @@ pub struct RedisStore {
     scripts: Scripts,
 }
 
-/// The client of the Redis at `url`; over TLS, trusting `ca_pem` if given, the system's roots
-/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured) otherwise.
+/// The client of the Redis at `url`; over TLS, trusting `ca_pem` if given, otherwise the system's
+/// roots (or those of `SSL_CERT_FILE` and `SSL_CERT_DIR` when set).
 fn client(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Client, StoreError> {
     // rustls picks no crypto provider by itself once another crate enables a second one.
     let _ = rustls::crypto::ring::default_provider().install_default();
