@@ -42,6 +42,14 @@ pub enum ServerError {
         /// Why.
         source: crate::store::StoreError,
     },
+    /// `[store] ca_file` cannot be read or holds no PEM certificate.
+    #[error("store.ca_file {path}: {reason}; give a PEM file with the CA certificate(s) of Redis's TLS certificate")]
+    StoreCa {
+        /// The configured path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// One of the proxy's two listeners.
@@ -135,7 +143,8 @@ async fn configured_store(settings: &Settings) -> Result<crate::store::Handle, S
         return Ok(crate::app::memory_store(settings));
     }
     let store_settings = crate::app::store_settings(settings);
-    match crate::store::RedisStore::connect(&cfg.url, &cfg.key_prefix, store_settings).await {
+    let ca = cfg.ca_file.as_deref().map(read_ca).transpose()?;
+    match crate::store::RedisStore::connect_with_ca(&cfg.url, ca, &cfg.key_prefix, store_settings).await {
         Ok(store) => Ok(crate::store::Handle::new(Arc::new(store), cfg.lease.0).shared()),
         Err(source) if cfg.required => Err(ServerError::Store {
             url: redacted(&cfg.url),
@@ -146,6 +155,23 @@ async fn configured_store(settings: &Settings) -> Result<crate::store::Handle, S
             Ok(crate::app::memory_store(settings))
         }
     }
+}
+
+/// The PEM CA certificates in `path`, checked to hold at least one.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let err = |reason: String| ServerError::StoreCa {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(format!("cannot be read ({e})")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("is not valid PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(err("holds no CERTIFICATE block".into()));
+    }
+    Ok(pem)
 }
 
 /// `url` without its password, for messages.

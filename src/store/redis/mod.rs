@@ -52,6 +52,40 @@ pub struct RedisStore {
     scripts: Scripts,
 }
 
+/// The client of the Redis at `url`; over TLS, trusting `ca_pem` if given, otherwise the system's
+/// roots (or those of `SSL_CERT_FILE` and `SSL_CERT_DIR` when set).
+fn client(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Client, StoreError> {
+    // rustls picks no crypto provider by itself once another crate enables a second one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match ca_pem {
+        None => Client::open(url),
+        Some(pem) => Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+    }
+    .map_err(unavailable)
+}
+
+/// One connection to see that Redis answers: the connection manager retries a refused
+/// connection, a failed TLS handshake or a wrong password until its timeout, which would hide why.
+async fn probe(client: &Client) -> Result<(), StoreError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    tokio::time::timeout(
+        TIMEOUT,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| StoreError::Unavailable("connecting to the stream store timed out".into()))?
+    .map(drop)
+    .map_err(unavailable)
+}
+
 /// What a script answered: its status word, then its values.
 type Reply = Vec<Vec<u8>>;
 
@@ -121,10 +155,22 @@ fn ok(reply: Reply, got: u64) -> Result<Reply, StoreError> {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://`, with a password if need be) and keeps its keys
-    /// under `key_prefix`; [`StoreError::Unavailable`] if it cannot be reached.
+    /// Connects to the Redis at `url` (`redis://` or `rediss://`, with a password if need be) and
+    /// keeps its keys under `key_prefix`; [`StoreError::Unavailable`] if it cannot be reached.
     pub async fn connect(url: &str, key_prefix: &str, settings: StoreSettings) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(unavailable)?;
+        Self::connect_with_ca(url, None, key_prefix, settings).await
+    }
+
+    /// [`RedisStore::connect`], checking a `rediss://` server's certificate against the CAs in
+    /// `ca_pem` (PEM) instead of the system's roots.
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+        key_prefix: &str,
+        settings: StoreSettings,
+    ) -> Result<Self, StoreError> {
+        let client = client(url, ca_pem)?;
+        probe(&client).await?;
         // A lost connection is made again in the background, at most RECONNECT_MAX apart; every
         // operation meanwhile fails within TIMEOUT (see `run`), so nothing piles up behind it.
         let config = ConnectionManagerConfig::new()
