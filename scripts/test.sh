@@ -3,7 +3,7 @@
 # reference FastAPI backend as a real uvicorn process), the backend's own tests, the JavaScript
 # client's tests against the real proxy, and the end-to-end tests in headless Chromium.
 #
-# Needs: cargo, python3 (3.11), node >= 20 with npm, and Debian's chromium for the browser tests
+# Needs: cargo, python3 (3.11), node >= 20.19 with npm (Vite for the Vue example app), and Debian's chromium for the browser tests
 # (.ci/run installs it). By hand, SSE_PROXY_SKIP_BROWSER=1 skips the browser tests on a machine
 # without it; in CI (CI=true) that variable is ignored.
 #
@@ -84,6 +84,8 @@ if [ "$browser" = run ]; then
   step "browser: end-to-end in headless Chromium"
   chromium=${CHROMIUM_PATH:-/usr/bin/chromium}
   [ -x "$chromium" ] || die "no Chromium at $chromium: install Debian's chromium (.ci/run does), or by hand set SSE_PROXY_SKIP_BROWSER=1"
+  # The Vue example app the end-to-end tests build with Vite (its own dependencies, not the client's).
+  (cd clients/js/examples/vue-app && npm ci --no-audit --no-fund --loglevel=error)
   (cd clients/js && NODE_OPTIONS="$(reporters "$tap_dir/e2e.tap")" npm run e2e)
   no_skips "$tap_dir/e2e.tap" "npm run e2e"
 fi

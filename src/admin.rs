@@ -57,6 +57,10 @@ pub async fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) 
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "shutting_down" }),
         ),
+        "/readyz" if !app.store_health.connected() => http_util::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "store_unavailable" }),
+        ),
         "/readyz" if app.connections.available_permits() == 0 => http_util::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({ "status": "at_capacity" }),
@@ -255,6 +259,52 @@ mod tests {
                 .is_some_and(|e| e.contains("unavailable")),
             "{v}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readyz_says_when_the_store_does_not_answer_and_recovers_by_itself() {
+        use crate::store::gate::Gate;
+        use crate::store::{Handle, MemoryStore, StoreSettings};
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[[stream]]\npath = \"/stream\"\n";
+        let cfg = crate::config::Config::from_toml_str(text, "<test>").expect("valid test config");
+        let settings = StoreSettings {
+            max_stream_bytes: 1 << 20,
+            lease: Duration::from_secs(5),
+            retention: Duration::from_secs(60),
+        };
+        let gate = Gate::new(Arc::new(MemoryStore::new(settings, usize::MAX)));
+        let metrics = Arc::new(crate::metrics::Metrics::noop());
+        let app = App::with_store(
+            crate::settings::Settings::build(&cfg),
+            None,
+            CancellationToken::new(),
+            metrics.clone(),
+            Handle::new(gate.clone(), Duration::from_secs(5)),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            app.store_health
+                .clone()
+                .run(app.store.store.clone(), metrics, stop.clone()),
+        );
+        let until = |want: &'static str| {
+            let app = &app;
+            async move {
+                loop {
+                    let (status, body) = get(app, Method::GET, "/readyz").await;
+                    if body["status"] == want {
+                        return status;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert_eq!(until("ready").await, StatusCode::OK);
+        gate.fail(true);
+        assert_eq!(until("store_unavailable").await, StatusCode::SERVICE_UNAVAILABLE);
+        gate.fail(false);
+        assert_eq!(until("ready").await, StatusCode::OK);
+        stop.cancel();
     }
 
     #[tokio::test]

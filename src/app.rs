@@ -46,6 +46,8 @@ pub struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// The stream store: every stream's events, for resumes of streams this process does not hold.
     pub(crate) store: store::Handle,
+    /// Whether the stream store answers (`/readyz` says when it does not).
+    pub(crate) store_health: store::health::Health,
 }
 
 /// What the stream store is bounded by: the local logs' bounds and `[store] lease`.
@@ -75,14 +77,20 @@ impl App {
         Self::with_store(settings, learner, shutdown, metrics, store)
     }
 
-    /// The state for `settings`, counting into `metrics`, writing streams to `store`.
+    /// The state for `settings`, counting into `metrics`, writing streams to `store` (every
+    /// operation timed into `metrics`).
     pub fn with_store(
         settings: Settings,
         learner: Option<Arc<Learner>>,
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
-        store: store::Handle,
+        mut store: store::Handle,
     ) -> Self {
+        store = store::Handle {
+            store: Arc::new(store::Timed::new(store.store, metrics.clone())),
+            ..store
+        };
+        let store_health = store::health::Health::new(&metrics);
         let registry = Arc::new(Registry::new(
             Arc::new(LogBudget::new(metrics.log_bytes.clone())),
             settings.limits.max_streams,
@@ -141,6 +149,7 @@ impl App {
             shutdown,
             metrics,
             store,
+            store_health,
         }
     }
 }

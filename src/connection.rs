@@ -144,12 +144,13 @@ impl Remote {
         );
         match self
             .store
-            .finish(self.id, Outcome::Error, Batch::new(seq, vec![frame]))
+            .finish(self.id, Outcome::Lost, Batch::new(seq, vec![frame]))
             .await
         {
             Ok(_) => {
                 tracing::warn!("the replica reading this stream stopped renewing its lease; it ends here");
                 metrics.error(code);
+                metrics.streams_lost.increment(1);
                 Ok(())
             }
             // The reader wrote meanwhile (it is alive), or the stream ended anyway.
@@ -479,6 +480,16 @@ mod tests {
         }
 
         fn cursor(store: Arc<dyn Store>, id: StreamId, after: u64, stop: &CancellationToken) -> Cursor {
+            counted_cursor(store, id, after, stop, Arc::new(crate::metrics::Metrics::noop()))
+        }
+
+        fn counted_cursor(
+            store: Arc<dyn Store>,
+            id: StreamId,
+            after: u64,
+            stop: &CancellationToken,
+            metrics: Arc<Metrics>,
+        ) -> Cursor {
             let settings = CursorSettings {
                 heartbeat: Duration::from_secs(15),
                 max_write_bytes: 1 << 16,
@@ -489,7 +500,7 @@ mod tests {
                 after,
                 Bytes::from_static(b"retry: 1000\n\n"),
                 settings,
-                Arc::new(crate::metrics::Metrics::noop()),
+                metrics,
             )
         }
 
@@ -529,7 +540,8 @@ mod tests {
             let store = memory(LEASE);
             let id = written(&*store, 2).await;
             let stop = CancellationToken::new();
-            let mut c = cursor(store.clone(), id, 0, &stop);
+            let prom = crate::metrics::Prometheus::standalone().expect("recorder");
+            let mut c = counted_cursor(store.clone(), id, 0, &stop, prom.metrics.clone());
             c.next_chunk().await;
             let t0 = Instant::now();
             assert!(s(c.next_chunk().await).contains("data: t2"));
@@ -546,7 +558,20 @@ mod tests {
             assert!(chunk.contains("\"recoverable\":false"), "{chunk}");
             assert!(c.next_chunk().await.is_none());
             let meta = store.meta(id).await.expect("meta");
-            assert_eq!(meta.state, crate::store::State::Finished(Outcome::Error));
+            assert_eq!(meta.state, crate::store::State::Finished(Outcome::Lost));
+            let text = prom.handle.render();
+            assert!(
+                text.lines().any(|l| l == "sse_proxy_streams_lost_total 1"),
+                "{text}"
+            );
+            // A second follower finds it ended: counted once.
+            let mut again = counted_cursor(store.clone(), id, 0, &stop, prom.metrics.clone());
+            while again.next_chunk().await.is_some() {}
+            let text = prom.handle.render();
+            assert!(
+                text.lines().any(|l| l == "sse_proxy_streams_lost_total 1"),
+                "{text}"
+            );
         }
 
         #[tokio::test(start_paused = true)]

@@ -2,12 +2,13 @@
 
 use clap::{Parser, Subcommand};
 use sse_proxy::config::{Config, ConfigError, UpstreamUrl};
+use sse_proxy::demo;
 use sse_proxy::metrics::Prometheus;
+use sse_proxy::server::{self, Listener, ServerError};
 use sse_proxy::settings::Settings;
 use sse_proxy::telemetry::{self, LogFormat};
-use sse_proxy::{demo, server};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,7 @@ struct Cli {
     /// Backend URL (overrides upstream.url).
     #[arg(long, global = true)]
     upstream: Option<String>,
-    /// Log format.
+    /// Log format (colours only when stderr is a terminal and NO_COLOR is unset).
     #[arg(long, value_enum, default_value = "pretty", global = true)]
     log_format: LogFormat,
 }
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Demo) => run_demo(&cli),
         None => match load(&cli) {
-            Ok(settings) => run(settings, None),
+            Ok(settings) => run(settings, &cli.config_path()),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -124,7 +125,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-fn run(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+/// Runs the proxy with the settings read from `config`.
+fn run(settings: Settings, config: &Path) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -132,7 +134,36 @@ fn run(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(settings, banner))
+    rt.block_on(serve(settings, Started::Config(config)))
+}
+
+/// How the proxy was started: from a config file, or as `sse-proxy demo`.
+#[derive(Clone, Copy)]
+enum Started<'a> {
+    Config(&'a Path),
+    Demo,
+}
+
+impl Started<'_> {
+    /// How to pick another address for `listener`: its flag, and its key where a config file was read.
+    fn bind_hint(self, listener: Listener) -> String {
+        let flag = match listener {
+            Listener::Main => "--listen",
+            Listener::Admin => "--admin-listen",
+        };
+        match self {
+            Started::Demo => format!(
+                "hint: choose another address with {flag} ADDR (e.g. {flag} 127.0.0.1:0 for any free port)"
+            ),
+            Started::Config(file) => {
+                let key = listener.config_key();
+                format!(
+                    "hint: choose another address with {flag} ADDR, or set {key} in {}",
+                    file.display()
+                )
+            }
+        }
+    }
 }
 
 /// The process's metrics recorder, installed globally (so whatever a dependency records through
@@ -145,7 +176,7 @@ fn install_metrics() -> Result<Prometheus, String> {
     Ok(registered)
 }
 
-async fn serve(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -> ExitCode {
+async fn serve(settings: Settings, started: Started<'_>) -> ExitCode {
     let metrics = match install_metrics() {
         Ok(m) => m,
         Err(e) => {
@@ -158,6 +189,9 @@ async fn serve(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
+            if let ServerError::Bind { listener, .. } = e {
+                eprintln!("{}", started.bind_hint(listener));
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -166,8 +200,8 @@ async fn serve(settings: Settings, banner: Option<fn(SocketAddr, SocketAddr)>) -
         "{}",
         serde_json::json!({ "listening": main.to_string(), "admin": admin.to_string() })
     );
-    if let Some(b) = banner {
-        b(main, admin);
+    if let Started::Demo = started {
+        demo_banner(main, admin);
     }
     tracing::info!(%main, %admin, "listening");
     tokio::spawn(signals(shutdown));
@@ -234,7 +268,7 @@ fn run_demo(cli: &Cli) -> ExitCode {
             }
         };
         match demo::config(backend, listen, admin) {
-            Ok(cfg) => serve(Settings::build(&cfg), Some(demo_banner)).await,
+            Ok(cfg) => serve(Settings::build(&cfg), Started::Demo).await,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)

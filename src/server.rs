@@ -25,8 +25,10 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} for the {listener} listener: {source}")]
     Bind {
+        /// Which listener.
+        listener: Listener,
         /// The address.
         addr: SocketAddr,
         /// The I/O error.
@@ -40,6 +42,42 @@ pub enum ServerError {
         /// Why.
         source: crate::store::StoreError,
     },
+    /// `[store] ca_file` cannot be read or holds no PEM certificate.
+    #[error("store.ca_file {path}: {reason}; give a PEM file with the CA certificate(s) of Redis's TLS certificate")]
+    StoreCa {
+        /// The configured path.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// One of the proxy's two listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen`: the clients.
+    Main,
+    /// `server.admin_listen`: metrics, health, streams.
+    Admin,
+}
+
+impl Listener {
+    /// The config key of its address.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Listener::Main => "server.listen",
+            Listener::Admin => "server.admin_listen",
+        }
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Listener::Main => "main",
+            Listener::Admin => "admin",
+        })
+    }
 }
 
 /// A proxy whose listeners are bound, ready to serve.
@@ -68,13 +106,15 @@ pub async fn bind_with_store(
     metrics: Prometheus,
     store: Option<crate::store::Handle>,
 ) -> Result<Bound, ServerError> {
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })
+    let bind = |listener: Listener, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+            listener,
+            addr,
+            source,
+        })
     };
-    let main = bind(settings.server.listen).await?;
-    let admin = bind(settings.server.admin_listen).await?;
+    let main = bind(Listener::Main, settings.server.listen).await?;
+    let admin = bind(Listener::Admin, settings.server.admin_listen).await?;
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
     let store = match store {
         Some(store) => store,
@@ -102,7 +142,8 @@ async fn configured_store(settings: &Settings) -> Result<crate::store::Handle, S
         return Ok(crate::app::memory_store(settings));
     }
     let store_settings = crate::app::store_settings(settings);
-    match crate::store::RedisStore::connect(&cfg.url, &cfg.key_prefix, store_settings).await {
+    let ca = cfg.ca_file.as_deref().map(read_ca).transpose()?;
+    match crate::store::RedisStore::connect_with_ca(&cfg.url, ca, &cfg.key_prefix, store_settings).await {
         Ok(store) => Ok(crate::store::Handle::new(Arc::new(store), cfg.lease.0).shared()),
         Err(source) if cfg.required => Err(ServerError::Store {
             url: redacted(&cfg.url),
@@ -145,6 +186,23 @@ async fn identity_key(
     }
     tracing::warn!(error = %source, "the stream store has no identity key for this replica; owners cannot resume on other replicas");
     Ok(None)
+}
+
+/// The PEM CA certificates in `path`, checked to hold at least one.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, ServerError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let err = |reason: String| ServerError::StoreCa {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(format!("cannot be read ({e})")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("is not valid PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(err("holds no CERTIFICATE block".into()));
+    }
+    Ok(pem)
 }
 
 /// `url` without its password, for messages.
@@ -199,6 +257,11 @@ impl Bound {
                 stop_admin.clone(),
             ));
         }
+        tokio::spawn(app.store_health.clone().run(
+            app.store.store.clone(),
+            app.metrics.clone(),
+            stop_admin.clone(),
+        ));
         tokio::spawn(serve_admin(
             self.admin,
             app.clone(),

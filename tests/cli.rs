@@ -172,13 +172,15 @@ fn override_flags_work_before_and_after_the_subcommand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_stream_page_client_and_admin() {
     let p = ProxyProcess::start(&["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).await;
-    let resp = get(&format!("http://{}/api/question/text?question=hi", p.addr), &[]).await;
+    // A short, quick answer (the defaults think for 1 s and answer for about 10 s).
+    let ask = "question=hi&tokens=40&rate=200&think_ms=100";
+    let resp = get(&format!("http://{}/api/question/text?{ask}", p.addr), &[]).await;
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).expect("json");
     let expected = v["answer"].as_str().expect("answer").to_string();
 
     let resp = get(
-        &format!("http://{}/api/question/stream?question=hi&model=demo", p.addr),
+        &format!("http://{}/api/question/stream?{ask}&model=demo", p.addr),
         &[],
     )
     .await;
@@ -187,6 +189,9 @@ async fn demo_serves_stream_page_client_and_admin() {
     let events = Events::new(resp).all().await;
     assert_gapless(&events, 1);
     assert_eq!(events[0].event, "thinking");
+    assert!(events[0].json()["text"].is_string(), "{:?}", events[0]);
+    assert_eq!(events[1].event, "sources");
+    assert!(events[1].json()["sources"].is_array(), "{:?}", events[1]);
     assert_eq!(text_of(&events), expected);
     assert!(events
         .iter()

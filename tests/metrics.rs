@@ -345,7 +345,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
         (
             "sse_proxy_streams_finished_total",
             "outcome",
-            &["completed", "cancelled", "abandoned", "error", "shutdown"],
+            &["completed", "cancelled", "abandoned", "error", "shutdown", "lost"],
         ),
         (
             "sse_proxy_resumes_total",
@@ -356,8 +356,8 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
             "sse_proxy_store_errors_total",
             "op",
             &[
-                "create", "append", "finish", "refresh", "meta", "read", "wait", "admit", "list", "history",
-                "key",
+                "create", "append", "finish", "refresh", "meta", "read", "wait", "trim", "remove", "ping",
+                "admit", "list", "history", "key",
             ],
         ),
         ("sse_proxy_log_evictions_total", "kind", &["finished", "running"]),
@@ -377,6 +377,21 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
             let line = format!("{name}{{{label}=\"{v}\"}} 0");
             assert!(text.lines().any(|l| l == line), "no `{line}`:\n{text}");
         }
+    }
+    for op in [
+        "create", "append", "finish", "refresh", "meta", "read", "wait", "trim", "remove",
+    ] {
+        let line = format!("sse_proxy_store_op_seconds_count{{op=\"{op}\"}} 0");
+        assert!(text.lines().any(|l| l == line), "no `{line}`:\n{text}");
+    }
+    // The health check pings from the start.
+    let pings = "sse_proxy_store_op_seconds_count{op=\"ping\"} ";
+    assert!(
+        text.lines().any(|l| l.starts_with(pings)),
+        "no `{pings}`:\n{text}"
+    );
+    for line in ["sse_proxy_streams_lost_total 0", "sse_proxy_store_connected 1"] {
+        assert!(text.lines().any(|l| l == line), "no `{line}`:\n{text}");
     }
     validate(&text);
 }

@@ -159,3 +159,59 @@ async fn a_failing_store_keeps_answers_live_counts_and_gets_resumes_a_503() {
     assert_eq!(delta_b("sse_proxy_resumes_total{result=\"unavailable\"}"), 1.0);
     assert_eq!(up.requests(), 1);
 }
+
+#[tokio::test]
+async fn a_resume_of_events_the_live_reader_has_not_stored_yet_gets_a_503_not_a_410() {
+    // The answer stays open: its reader is alive and keeps its lease.
+    let steps = vec![
+        tok("not "),
+        Step::Sleep(Duration::from_secs(2)),
+        tok("stored"),
+        Step::Hang,
+    ];
+    let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
+    let gate = Gate::new(shared_store());
+    let a = replica(up.addr, gate.clone()).await;
+    let b = replica(up.addr, gate.clone()).await;
+
+    let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let sid = stream_id_of(&resp);
+    let mut events = Events::new(resp);
+    let first = events.next().await.expect("a first event");
+    // Writes hang from now on: after a stall, A's clients get the rest live only.
+    gate.close();
+    let mut seen = vec![first];
+    while text_of(&seen) != "not stored" {
+        seen.push(events.next().await.expect("the answer flows"));
+    }
+    let last = id_of(seen.last().expect("events"));
+    let key = parse_stream_id(&sid);
+    let stream = a.app.registry.get(&key).expect("A reads it");
+    assert!(
+        stream.log.durable_seq() > 1 && gate.waiting() >= 1,
+        "given out while not stored"
+    );
+
+    // B finds the stream running with fewer events than the id: it comes back later.
+    let r = resume(&b, &last).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(json_of(&body_bytes(r).await)["error"], "store_unavailable");
+
+    // Once the store takes writes again, A catches up and B serves the rest.
+    gate.open();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = resume(&b, &id_of(&seen[0])).await;
+        if r.status() == 200 {
+            let replayed = Events::new(r).take(seen.len() - 1).await;
+            assert_eq!(replayed[..], seen[1..]);
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(tokio::time::Instant::now() < deadline, "B never served it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.requests(), 1);
+}

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::redis_server::RedisServer;
 use sse_proxy::ids::StreamId;
 use sse_proxy::store::contract;
-use sse_proxy::store::{Batch, NewStream, RedisStore, Store, StoreSettings, Wait};
+use sse_proxy::store::{Batch, NewStream, RedisStore, Store, StoreError, StoreSettings, Wait};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -137,4 +137,57 @@ fn new_stream() -> NewStream {
         model: "m".into(),
         replica: "a".into(),
     }
+}
+
+/// A stopped Redis fails every operation within the store's timeout, waits included; once it is
+/// back, the command connection and the shared reader connect again by themselves.
+#[tokio::test]
+async fn a_redis_that_goes_away_fails_operations_quickly_and_is_used_again_once_back() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&server.url(), "sse-proxy-test", contract::settings())
+            .await
+            .expect("connect to redis-server"),
+    );
+    store.ping().await.expect("ping");
+    let id = StreamId::random();
+    store.create(id, new_stream()).await.expect("create");
+    server.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(store.meta(id).await, Err(StoreError::Unavailable(_))));
+        let deadline = Instant::now() + common::WAIT;
+        assert!(matches!(
+            store.wait(id, 0, deadline).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(started.elapsed() < common::WAIT, "failed, not hung");
+    }
+    server.restart();
+    let deadline = Instant::now() + common::WAIT;
+    while store.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "the store never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back empty: the stream is gone, a new one works, and a waiter is woken through the reader.
+    assert_eq!(store.meta(id).await.err(), Some(StoreError::NotFound));
+    let id = StreamId::random();
+    store.create(id, new_stream()).await.expect("create");
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move { store.wait(id, 0, Instant::now() + common::WAIT).await }
+    });
+    while info_clients(&server, "blocked_clients").await == 0 {
+        assert!(Instant::now() < deadline, "no blocking read after the restart");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let frame = Bytes::from(format!("id: {id}:1\ndata: t\n\n"));
+    store
+        .append(id, Batch::new(1, vec![frame]))
+        .await
+        .expect("append");
+    assert_eq!(waiter.await.expect("waiter"), Ok(Wait::Ready));
 }

@@ -386,8 +386,11 @@ pub enum StoreKind {
 pub struct Store {
     /// `memory` or `redis`.
     pub kind: StoreKind,
-    /// The Redis URL (`redis://[:password@]host:port/db`).
+    /// The Redis URL (`redis://` or, over TLS, `rediss://`; `[[user]:password@]host:port/db`).
     pub url: String,
+    /// A PEM file of the CAs a `rediss://` server's certificate is checked against, instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every Redis key the proxy writes.
     pub key_prefix: String,
     /// How long a replica's claim on the streams it reads lasts without a refresh.
@@ -401,6 +404,7 @@ impl Default for Store {
         Self {
             kind: StoreKind::Memory,
             url: "redis://127.0.0.1:6379/0".into(),
+            ca_file: None,
             key_prefix: "sse-proxy".into(),
             lease: Dur(Duration::from_secs(5)),
             required: true,
@@ -634,9 +638,14 @@ impl Config {
             "store.lease must be at least 100ms, such as \"5s\"",
         )?;
         positive(
-            self.store.url.starts_with("redis://"),
+            self.store.url.starts_with("redis://") || self.store.url.starts_with("rediss://"),
             "store.url",
-            "store.url must be a redis:// URL, such as \"redis://127.0.0.1:6379/0\" (rediss:// is not supported yet)",
+            "store.url must be a redis:// or rediss:// (TLS) URL, such as \"redis://127.0.0.1:6379/0\"",
+        )?;
+        positive(
+            self.store.ca_file.is_none() || self.store.url.starts_with("rediss://"),
+            "store.ca_file",
+            "store.ca_file needs a rediss:// store.url (it is the CA of Redis's TLS certificate)",
         )?;
         positive(
             !self.store.key_prefix.is_empty() && !self.store.key_prefix.contains(['{', '}']),

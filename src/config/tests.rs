@@ -303,6 +303,7 @@ fn store_defaults_to_memory() {
     assert_eq!(c.store.key_prefix, "sse-proxy");
     assert_eq!(c.store.lease.0, Duration::from_secs(5));
     assert!(c.store.required);
+    assert_eq!(c.store.ca_file, None);
 }
 
 #[test]
@@ -319,6 +320,19 @@ fn store_redis_section_parses() {
 }
 
 #[test]
+fn store_rediss_url_with_a_password_and_a_ca_file_parses() {
+    let text = format!(
+        "{MINIMAL}[store]\nkind = \"redis\"\nurl = \"rediss://app:secret@cache:6380/2\"\nca_file = \"/etc/redis/ca.pem\"\n"
+    );
+    let c = Config::from_toml_str(&text, "x").expect("valid");
+    assert_eq!(c.store.url, "rediss://app:secret@cache:6380/2");
+    assert_eq!(
+        c.store.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/redis/ca.pem"))
+    );
+}
+
+#[test]
 fn store_section_errors_point_at_the_key() {
     // MINIMAL is 3 lines, then `[store]` on line 4.
     let (line, _, msg) = err(&format!("{MINIMAL}[store]\nkind = \"valkey\"\n"));
@@ -326,7 +340,15 @@ fn store_section_errors_point_at_the_key() {
     assert!(msg.contains("memory") && msg.contains("redis"), "{msg}");
     let (line, _, msg) = err(&format!("{MINIMAL}[store]\nurl = \"http://cache:6379\"\n"));
     assert_eq!(line, 5, "{msg}");
-    assert!(msg.contains("store.url must be a redis:// URL"), "{msg}");
+    assert!(
+        msg.contains("store.url must be a redis:// or rediss:// (TLS) URL"),
+        "{msg}"
+    );
+    let (line, _, msg) = err(&format!(
+        "{MINIMAL}[store]\nurl = \"redis://cache:6379\"\nca_file = \"/etc/ca.pem\"\n"
+    ));
+    assert_eq!(line, 6, "{msg}");
+    assert!(msg.contains("store.ca_file needs a rediss:// store.url"), "{msg}");
     let (line, _, msg) = err(&format!("{MINIMAL}[store]\nlease = \"10ms\"\n"));
     assert_eq!(line, 5, "{msg}");
     assert!(msg.contains("store.lease must be at least 100ms"), "{msg}");

@@ -49,8 +49,9 @@ pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         return Resume::Gone;
     }
     let log: &Arc<dyn StreamLog> = &stream.log;
-    // Only ids up to the durable mark were ever given out.
-    let last = log.durable_seq();
+    // Ids past the durable mark but appended may have been shown by another replica from the store
+    // before this one learnt the store has them; the cursor waits for the mark.
+    let last = log.last_seq();
     if id.seq > last || id.seq + 1 < log.first_seq() {
         return Resume::Gone;
     }
@@ -73,16 +74,26 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
     let meta = match tokio::time::timeout(STORE_ANSWER, app.store.store.meta(id.stream)).await {
         Ok(Ok(meta)) => meta,
         Ok(Err(StoreError::NotFound)) => return Resume::Gone,
-        Ok(Err(e)) => return Resume::Respond(unavailable(app, &e)),
+        Ok(Err(e)) => return Resume::Respond(store_failed(app, &e)),
         Err(_) => {
             let e = StoreError::Unavailable("no answer in time".into());
-            return Resume::Respond(unavailable(app, &e));
+            return Resume::Respond(store_failed(app, &e));
         }
     };
     // This process serves the streams it reads from its own log only: one it no longer holds was
     // evicted or expired here, whatever copy the store still has.
     if *meta.replica == *app.store.replica || !app.identity.permits(meta.owner, owner) {
         return Resume::Gone;
+    }
+    if id.seq > meta.last_seq && meta.state == store::State::Running && !meta.lease_expired {
+        // The live replica reading it gave this id out while the store was away, and has not
+        // written it since: it will.
+        tracing::info!(
+            after = id.seq,
+            stored = meta.last_seq,
+            "resume of events not in the store yet"
+        );
+        return Resume::Respond(unavailable(app));
     }
     if id.seq > meta.last_seq || id.seq + 1 < meta.first_seq {
         return Resume::Gone;
@@ -106,15 +117,20 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
     Resume::Respond(store_stream_response(app, follower, id.seq, span))
 }
 
-/// `503` with `Retry-After`: the stream may well exist, but the store cannot say.
-fn unavailable(app: &App, e: &StoreError) -> Response<ProxyBody> {
+/// [`unavailable`], counted as a failed store lookup.
+fn store_failed(app: &App, e: &StoreError) -> Response<ProxyBody> {
     tracing::warn!(error = %e, "stream store unavailable for a resume");
     app.metrics.store_errors.increment(StoreOp::Meta);
+    unavailable(app)
+}
+
+/// `503` with `Retry-After`: the stream may well exist, but the store cannot serve it now.
+fn unavailable(app: &App) -> Response<ProxyBody> {
     app.metrics.resumes.increment(ResumeResult::Unavailable);
     let mut resp = http_util::error(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
-        "the stream store cannot be reached; try again shortly",
+        "the stream store cannot serve this stream now; try again shortly",
     );
     resp.headers_mut().insert(
         header::RETRY_AFTER,

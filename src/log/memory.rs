@@ -179,10 +179,15 @@ impl StreamLog for MemoryLog {
     fn read_after(&self, after: u64, max_bytes: usize) -> Read {
         let inner = self.lock();
         let end = inner.durable;
-        // Once `after <= end` holds, `after + 1` cannot overflow (`end` is below the next seq).
-        if after > end || after + 1 < inner.first {
-            // Past the durable mark is a forged position; before the start was evicted.
+        // Once `after <= last` holds, `after + 1` cannot overflow (`last` is below the next seq).
+        if after > inner.last() || after + 1 < inner.first {
+            // Past the last event is a forged position; before the start was evicted.
             return Read::Gone;
+        }
+        if after > end {
+            // Appended but not yet marked durable: another replica may already have shown it from
+            // the store, whose answer reaches this one a moment later. It is waited for.
+            return Read::Pending;
         }
         if after == end {
             // A closed log is durable up to its last event.
@@ -415,7 +420,12 @@ mod tests {
         }
         assert_eq!((log.last_seq(), log.durable_seq()), (3, 0));
         assert_eq!(log.read_after(0, 1 << 20), Read::Pending, "nothing durable yet");
-        assert_eq!(log.read_after(1, 1 << 20), Read::Gone, "an id never shown");
+        assert_eq!(
+            log.read_after(1, 1 << 20),
+            Read::Pending,
+            "an id the store may already have shown elsewhere is waited for"
+        );
+        assert_eq!(log.read_after(4, 1 << 20), Read::Gone, "an id never appended");
         let frames = log.frames_after(0).expect("all held");
         assert_eq!(frames.len(), 3);
         log.mark_durable(2);
@@ -423,7 +433,7 @@ mod tests {
         assert_eq!(last, 2, "reads stop at the durable mark");
         assert!(t.contains("data: b") && !t.contains("data: c"), "{t}");
         assert_eq!(log.read_after(2, 1 << 20), Read::Pending);
-        assert_eq!(log.read_after(3, 1 << 20), Read::Gone);
+        assert_eq!(log.read_after(3, 1 << 20), Read::Pending);
         log.mark_durable(1);
         assert_eq!(log.durable_seq(), 2, "the mark never goes back");
         log.mark_durable(99);

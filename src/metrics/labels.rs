@@ -101,6 +101,8 @@ label_values! {
         Error => "error",
         /// The proxy shut down before the answer finished.
         Shutdown => "shutdown",
+        /// Another replica declared it lost: this replica had stopped renewing its lease.
+        Lost => "lost",
     }
 }
 
@@ -204,7 +206,8 @@ label_values! {
 }
 
 label_values! {
-    /// `op` of `sse_proxy_store_errors_total`: the stream store operation that failed or stalled.
+    /// `op` of `sse_proxy_store_errors_total` and `sse_proxy_store_op_seconds`: a stream store
+    /// operation.
     pub enum StoreOp: "op" {
         /// Creating a stream's record.
         Create => "create",
@@ -220,6 +223,12 @@ label_values! {
         Read => "read",
         /// Waiting for frames for a remote cursor.
         Wait => "wait",
+        /// Dropping a stream's oldest frames.
+        Trim => "trim",
+        /// Removing a stream.
+        Remove => "remove",
+        /// The health check's round trip.
+        Ping => "ping",
         /// Taking, refreshing or giving back a place in the cluster-wide limits.
         Admit => "admit",
         /// Listing the running answers of every replica (`/streams`).
@@ -270,8 +279,8 @@ mod tests {
         assert_eq!(
             values::<StoreOp>(),
             [
-                "create", "append", "finish", "refresh", "meta", "read", "wait", "admit", "list", "history",
-                "key"
+                "create", "append", "finish", "refresh", "meta", "read", "wait", "trim", "remove", "ping",
+                "admit", "list", "history", "key"
             ]
         );
         assert_eq!(values::<EvictionKind>(), ["finished", "running"]);

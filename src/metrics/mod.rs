@@ -52,6 +52,12 @@ pub const CLIENT_ERRORS: &str = "sse_proxy_client_errors_total";
 pub const EVICTIONS: &str = "sse_proxy_log_evictions_total";
 /// Stream store operations that failed or stalled, by `op`.
 pub const STORE_ERRORS: &str = "sse_proxy_store_errors_total";
+/// Time of each stream store operation, by `op`.
+pub const STORE_OP_SECONDS: &str = "sse_proxy_store_op_seconds";
+/// 1 while the stream store answers its health check, 0 while it does not.
+pub const STORE_CONNECTED: &str = "sse_proxy_store_connected";
+/// Streams ended because the replica reading them stopped renewing its lease.
+pub const STREAMS_LOST: &str = "sse_proxy_streams_lost_total";
 /// Requests passed through, by status class.
 pub const PASSTHROUGH: &str = "sse_proxy_passthrough_requests_total";
 /// Tokens per downstream batch.
@@ -78,6 +84,9 @@ pub const CLIENT_REPORTS: &str = "sse_proxy_client_reports_total";
 const LATENCY: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+const STORE_LATENCY: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 const DURATION: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 const BATCH: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0];
 const RATE: &[f64] = &[1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0];
@@ -98,6 +107,7 @@ pub fn recorder() -> Result<PrometheusRecorder, RecorderError> {
         (BATCH_TOKENS, BATCH),
         (STREAM_TPS, RATE),
         (PROGRESS_ERROR, RATIO),
+        (STORE_OP_SECONDS, STORE_LATENCY),
     ]
     .into_iter()
     .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
@@ -162,6 +172,36 @@ impl<L: LabelValue> Family<L> {
     }
 }
 
+/// One histogram per value of a closed label set, all registered at start.
+#[derive(Debug)]
+pub struct HistogramFamily<L> {
+    histograms: Box<[Histogram]>,
+    label: PhantomData<fn(L)>,
+}
+
+impl<L: LabelValue> HistogramFamily<L> {
+    fn register<R: Recorder + ?Sized>(recorder: &R, name: &'static str) -> Self {
+        let histograms = L::ALL
+            .iter()
+            .map(|v| {
+                let key = Key::from_parts(name, vec![Label::from_static_parts(L::KEY, v.as_str())]);
+                recorder.register_histogram(&key, &METADATA)
+            })
+            .collect();
+        HistogramFamily {
+            histograms,
+            label: PhantomData,
+        }
+    }
+
+    /// Records `value` under `label`.
+    pub fn record(&self, label: L, value: f64) {
+        if let Some(h) = self.histograms.get(label.index()) {
+            h.record(value);
+        }
+    }
+}
+
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// Every metric of the proxy, resolved once: recording is an atomic update, never a lookup by name.
@@ -199,6 +239,12 @@ pub struct Metrics {
     pub evictions: Family<EvictionKind>,
     /// [`STORE_ERRORS`].
     pub store_errors: Family<StoreOp>,
+    /// [`STORE_OP_SECONDS`].
+    pub store_op_seconds: HistogramFamily<StoreOp>,
+    /// [`STORE_CONNECTED`].
+    pub store_connected: Gauge,
+    /// [`STREAMS_LOST`].
+    pub streams_lost: Counter,
     /// [`PASSTHROUGH`].
     pub passthrough: Family<StatusClass>,
     /// [`BATCH_TOKENS`].
@@ -247,6 +293,9 @@ impl Metrics {
             client_errors: Family::register(recorder, CLIENT_ERRORS),
             evictions: Family::register(recorder, EVICTIONS),
             store_errors: Family::register(recorder, STORE_ERRORS),
+            store_op_seconds: HistogramFamily::register(recorder, STORE_OP_SECONDS),
+            store_connected: gauge(STORE_CONNECTED),
+            streams_lost: counter(STREAMS_LOST),
             passthrough: Family::register(recorder, PASSTHROUGH),
             batch_tokens: histogram(BATCH_TOKENS),
             ttft: histogram(TTFT),
@@ -312,6 +361,20 @@ fn describe<R: Recorder + ?Sized>(r: &R) {
     counter(
         STORE_ERRORS,
         "Stream store operations that failed or stalled, by op (the streams went on live-only).",
+    );
+    histogram(
+        STORE_OP_SECONDS,
+        Some(Unit::Seconds),
+        "Time of each stream store operation, by op (a wait lasts until frames arrive or it times out).",
+    );
+    gauge(
+        STORE_CONNECTED,
+        None,
+        "1 while the stream store answers its health check, 0 while it does not.",
+    );
+    counter(
+        STREAMS_LOST,
+        "Streams this replica declared lost: the replica reading them stopped renewing its lease.",
     );
     counter(PASSTHROUGH, "Requests passed through unchanged, by status class.");
     histogram(BATCH_TOKENS, None, "Tokens per downstream batch.");

@@ -98,6 +98,7 @@ fn outcome(code: ErrorCode) -> Outcome {
     match code {
         ErrorCode::Shutdown => Outcome::Shutdown,
         ErrorCode::Abandoned => Outcome::Abandoned,
+        ErrorCode::UpstreamLost => Outcome::Lost,
         _ => Outcome::Error,
     }
 }
@@ -787,6 +788,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_stream_the_store_lost_is_written_again_from_its_first_event() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        // The store goes away and comes back empty (a Redis restarted without persistence).
+        gate.fail(true);
+        r.send("b");
+        r.read_until(r#""content":"b""#).await;
+        let id = r.stream.id;
+        memory.remove(id).await.expect("remove");
+        gate.fail(false);
+        let mut written = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if memory.meta(id).await.is_ok_and(|m| m.last_seq == 2) {
+                written = true;
+                break;
+            }
+        }
+        assert!(written, "the store has the stream again");
+        r.send("c");
+        r.done();
+        r.read_until("event: done").await;
+        let meta = memory.meta(id).await.expect("meta");
+        assert_eq!(
+            (meta.state, meta.first_seq, meta.last_seq),
+            (StoreState::Finished(Outcome::Completed), 1, 4)
+        );
+        assert_eq!(
+            memory.read(id, 0, usize::MAX).await,
+            Ok(r.stream.log.read_after(0, usize::MAX))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_ran_while_the_store_was_away_is_stored_when_it_ends_after() {
+        let memory = memory_store();
+        let gate = Gate::new(memory.clone());
+        gate.fail(true);
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        // Back, and the answer ends before the writer's next try.
+        gate.fail(false);
+        r.done();
+        r.read_until("event: done").await;
+        assert!(r.cursor.next_chunk().await.is_none());
+        let id = r.stream.id;
+        let meta = memory.meta(id).await.expect("stored at its end");
+        assert_eq!(
+            (meta.state, meta.last_seq),
+            (StoreState::Finished(Outcome::Completed), 2)
+        );
+        assert_eq!(
+            memory.read(id, 0, usize::MAX).await,
+            Ok(r.stream.log.read_after(0, usize::MAX))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_store_that_does_not_answer_leaves_the_answer_live() {
         let memory = memory_store();
         let gate = Gate::new(memory.clone());
@@ -827,14 +892,18 @@ mod tests {
         r.read_until(r#""content":"a""#).await;
         // Another replica ended it as lost.
         let lost = memory
-            .finish(r.stream.id, Outcome::Error, Batch::new(2, Vec::new()))
+            .finish(r.stream.id, Outcome::Lost, Batch::new(2, Vec::new()))
             .await;
-        assert_eq!(lost, Ok(Outcome::Error));
+        assert_eq!(lost, Ok(Outcome::Lost));
         r.send("b");
         let seen = r.read_until("event: error").await;
         assert!(seen.contains("\"code\":\"upstream_lost\""), "{seen}");
         assert!(r.cursor.next_chunk().await.is_none());
         until(|| r.tx.is_closed()).await;
+        assert!(matches!(
+            r.stream.state(),
+            crate::stream::State::Finished(Outcome::Lost, _)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -250,10 +250,7 @@ impl<'s> StoreWriter<'s> {
             }
             Done::Appended(_, Err(StoreError::Conflict { expected, .. })) => self.resync(expected),
             Done::Appended(_, Err(StoreError::Finished(_))) => return self.lost(),
-            Done::Appended(_, Err(StoreError::NotFound)) => {
-                tracing::warn!("the stream store no longer has this stream; it goes on live-only");
-                self.detach();
-            }
+            Done::Appended(_, Err(StoreError::NotFound)) => self.recreate(),
             Done::Appended(_, Err(e)) => self.degrade(StoreOp::Append, &e, stalled),
             Done::Abandoned(r) => {
                 if let Err(StoreError::Unavailable(e)) = r {
@@ -265,7 +262,7 @@ impl<'s> StoreWriter<'s> {
             // Finished by this writer itself (`abandon`) or by another replica.
             Done::Refreshed(Err(StoreError::Finished(_))) if self.mode == Mode::Detached => {}
             Done::Refreshed(Err(StoreError::Finished(_))) => return self.lost(),
-            Done::Refreshed(Err(StoreError::NotFound)) => self.detach(),
+            Done::Refreshed(Err(StoreError::NotFound)) => self.recreate(),
             Done::Refreshed(Err(e)) => {
                 tracing::debug!(error = %e, "lease refresh failed");
                 self.metrics.store_errors.increment(StoreOp::Refresh);
@@ -357,6 +354,25 @@ impl<'s> StoreWriter<'s> {
         }
     }
 
+    /// The store no longer has the stream (a Redis that came back empty, keys expired during an
+    /// outage): it is written again from its first event while this replica still has them all,
+    /// so that it can be resumed anywhere again; live-only to the end otherwise.
+    fn recreate(&mut self) {
+        if self.log.first_seq() > 1 {
+            tracing::warn!("the stream store no longer has this stream; it goes on live-only");
+            self.detach();
+            return;
+        }
+        tracing::warn!("the stream store no longer has this stream; writing it again");
+        self.live_only();
+        self.created = false;
+        self.stored = 0;
+        if self.write.is_none() {
+            let create = self.store.create(self.id, self.record.clone());
+            self.start(InFlight::Create(create));
+        }
+    }
+
     /// Live-only to the end, the store left alone.
     fn detach(&mut self) {
         self.mode = Mode::Detached;
@@ -403,6 +419,17 @@ impl<'s> StoreWriter<'s> {
             let done = poll_fn(|cx| write.poll(cx)).await;
             if self.handle(done).is_err() {
                 return;
+            }
+        }
+        if !self.created && self.mode != Mode::Detached {
+            // Never stored (the store was away): one more try, so the answer can be resumed.
+            match self.store.create(self.id, self.record.clone()).await {
+                Ok(()) | Err(StoreError::Exists) => self.created = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stream store did not take the stream");
+                    self.metrics.store_errors.increment(StoreOp::Create);
+                    return;
+                }
             }
         }
         for _ in 0..FINISH_ATTEMPTS {

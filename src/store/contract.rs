@@ -537,13 +537,14 @@ pub async fn lease_expiry_is_visible(f: &dyn Factory) {
     assert!(m.lease_expired, "not refreshed for longer than the lease");
     assert_eq!(m.state, State::Running, "only a finish ends a stream");
     let lost = frame(id, 1, Some("error"), "{\"code\":\"upstream_lost\"}");
-    let kept = store.finish(id, Outcome::Error, Batch::new(1, vec![lost])).await;
-    assert_eq!(kept, Ok(Outcome::Error));
+    let kept = store.finish(id, Outcome::Lost, Batch::new(1, vec![lost])).await;
+    assert_eq!(kept, Ok(Outcome::Lost));
     let m = meta(&*store, id).await;
     assert!(!m.lease_expired, "a finished stream holds no lease");
+    assert_eq!(m.state, State::Finished(Outcome::Lost));
     assert_eq!(
         store.refresh_lease(id).await,
-        Err(StoreError::Finished(Outcome::Error)),
+        Err(StoreError::Finished(Outcome::Lost)),
         "the owner learns it was declared lost"
     );
 }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Wraps a store. While closed, writes (`create`, `append`, `finish`) wait; while failing, every
-/// operation fails with [`StoreError::Unavailable`] (writes once they pass the gate).
+/// Wraps a store. While closed, writes (`create`, `append`, `finish`) and pings wait; while
+/// failing, every operation fails with [`StoreError::Unavailable`] (those once they pass the gate).
 pub struct Gate {
     inner: Arc<dyn Store>,
     open: watch::Sender<bool>,
@@ -244,5 +244,12 @@ impl Store for Gate {
 
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.pass().await?;
+            self.inner.ping().await
+        })
     }
 }

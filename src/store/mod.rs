@@ -12,14 +12,17 @@
 pub mod contract;
 #[cfg(any(test, feature = "store-contract"))]
 pub mod gate;
+pub mod health;
 mod memory;
 mod memory_cluster;
 mod record;
 mod redis;
+mod timed;
 
 pub use crate::log::Read;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use timed::Timed;
 
 use crate::identity::Owner;
 use crate::ids::StreamId;
@@ -367,5 +370,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether other processes use this store too (then learned lengths are synced through it).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    // Health (the health check's alone).
+
+    /// One round trip to the store: [`StoreError::Unavailable`] while it cannot be reached. A
+    /// store in this process is always reachable.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }

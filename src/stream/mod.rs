@@ -26,6 +26,8 @@ pub enum Outcome {
     Error,
     /// The proxy shut down before the answer finished.
     Shutdown,
+    /// The replica reading its upstream stopped renewing its lease (it died) before the end.
+    Lost,
 }
 
 impl From<Outcome> for crate::metrics::FinishedOutcome {
@@ -37,11 +39,22 @@ impl From<Outcome> for crate::metrics::FinishedOutcome {
             Outcome::Abandoned => F::Abandoned,
             Outcome::Error => F::Error,
             Outcome::Shutdown => F::Shutdown,
+            Outcome::Lost => F::Lost,
         }
     }
 }
 
 impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Completed,
+        Outcome::Cancelled,
+        Outcome::Abandoned,
+        Outcome::Error,
+        Outcome::Shutdown,
+        Outcome::Lost,
+    ];
+
     /// The word for it in logs, `/streams` and the `outcome` metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,6 +63,7 @@ impl Outcome {
             Outcome::Abandoned => "abandoned",
             Outcome::Error => "error",
             Outcome::Shutdown => "shutdown",
+            Outcome::Lost => "lost",
         }
     }
 }
@@ -208,13 +222,7 @@ mod tests {
     #[test]
     fn the_outcome_label_is_the_outcome_word() {
         use crate::metrics::{FinishedOutcome, LabelValue};
-        let all = [
-            Outcome::Completed,
-            Outcome::Cancelled,
-            Outcome::Abandoned,
-            Outcome::Error,
-            Outcome::Shutdown,
-        ];
+        let all = Outcome::ALL;
         for o in all {
             assert_eq!(FinishedOutcome::from(o).as_str(), o.as_str());
         }

@@ -2,6 +2,7 @@
 //! the upstream they ask, and the check that every client got exactly its upstream's text.
 
 use super::{answer, get, seen_uris, stream_id_of, text_of, Ev, Events, MockUpstream, Reply};
+use http_body_util::BodyExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -55,7 +56,19 @@ async fn client(addr: SocketAddr, n: usize) -> Outcome {
             None => get(&url, &[]).await,
             Some(s) => get(&url, &[("last-event-id", &format!("{s}:{last_seq}"))]).await,
         };
-        assert_eq!(resp.status(), 200, "stream {n}: reconnect {cuts}");
+        if resp.status() != 200 {
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            panic!(
+                "stream {n}: reconnect {cuts} after seq {last_seq}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
         let got = stream_id_of(&resp);
         assert_eq!(
             sid.get_or_insert_with(|| got.clone()),

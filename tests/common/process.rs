@@ -134,6 +134,18 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the proxy said about it (its warnings and errors).
+        if std::thread::panicking() {
+            if let Some(log) = self.stderr.take().and_then(|h| h.join().ok()) {
+                let said: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+                eprintln!(
+                    "--- sse-proxy {} (pid {}) warnings:\n{}",
+                    self.addr,
+                    self.child.id(),
+                    said.join("\n")
+                );
+            }
+        }
     }
 }
 
@@ -141,18 +153,34 @@ impl ProxyProcess {
     /// Starts the binary with `args` and `RUST_LOG=info`, and waits for its
     /// `{"listening":..,"admin":..}` line.
     pub async fn start(args: &[&str]) -> ProxyProcess {
+        Self::start_env(args, &[("NO_COLOR", Some("1"))]).await
+    }
+
+    /// [`ProxyProcess::start`] with `env` applied instead of `NO_COLOR=1`: `Some` sets a variable,
+    /// `None` removes it.
+    pub async fn start_env(args: &[&str], env: &[(&str, Option<&str>)]) -> ProxyProcess {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || Self::start_blocking(&args))
+        let env: Vec<(String, Option<String>)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&args, &env))
             .await
             .expect("start")
     }
 
-    fn start_blocking(args: &[String]) -> ProxyProcess {
-        let mut child = Command::new(BIN)
+    fn start_blocking(args: &[String], env: &[(String, Option<String>)]) -> ProxyProcess {
+        let mut cmd = Command::new(BIN);
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let mut child = cmd
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -34,11 +34,18 @@ export interface EnhancedStreaming {
     metadata: Ref<Record<string, unknown>>;
     error: Ref<StreamErrorData | null>;
     connectionState: Ref<StreamingState>;
+    /**
+     * Statistics of the current stream, null before the first: refreshed together with `streamContent`
+     * (so the token count matches the text shown) and on every progress event and state change; at the
+     * end, the final figures.
+     */
     stats: Ref<SseStats | null>;
     /** Starts a stream (closing any previous one); resolves when it ends. */
     startStreaming(url: string, headers?: Record<string, string>): Promise<SseResult>;
     /** Cancels the stream on the proxy ("Stop generating"). */
     stopStreaming(): Promise<void>;
+    /** Aborts the current connection as if the network dropped; the client resumes (for trying resumes). */
+    dropConnection(): void;
 }
 /** Streams an sse-proxy response into reactive refs. */
 export declare function useEnhancedStreaming(options?: UseEnhancedStreamingOptions): EnhancedStreaming;

@@ -14,13 +14,19 @@ export function useEnhancedStreaming(options = {}) {
     let client = null;
     let pending = '';
     let flushScheduled = false;
+    const refreshStats = () => {
+        if (client)
+            stats.value = client.stats;
+    };
     const flush = () => {
         flushScheduled = false;
+        refreshStats();
         streamContent.value += pending;
         pending = '';
     };
     const appendDelta = (text) => {
         if (options.enableBatching === false) {
+            refreshStats();
             streamContent.value += text;
             return;
         }
@@ -52,8 +58,10 @@ export function useEnhancedStreaming(options = {}) {
         const isCurrent = () => client === current;
         current.on('token', (text) => isCurrent() && appendDelta(text));
         current.on('state', (state) => {
-            if (isCurrent())
-                connectionState.value = state;
+            if (!isCurrent())
+                return;
+            connectionState.value = state;
+            refreshStats();
         });
         current.on('restart', () => {
             if (!isCurrent())
@@ -74,8 +82,10 @@ export function useEnhancedStreaming(options = {}) {
         });
         if (options.enableProgress !== false) {
             current.on('progress', (data) => {
-                if (isCurrent())
-                    progress.value = data;
+                if (!isCurrent())
+                    return;
+                progress.value = data;
+                refreshStats();
             });
         }
         const result = await current.start();
@@ -92,7 +102,11 @@ export function useEnhancedStreaming(options = {}) {
     async function stopStreaming() {
         await client?.stop();
     }
+    function dropConnection() {
+        client?.dropConnection();
+    }
     if (getCurrentScope())
         onScopeDispose(() => client?.close());
-    return { isStreaming, streamContent, progress, metadata, error, connectionState, stats, startStreaming, stopStreaming };
+    return { isStreaming, streamContent, progress, metadata, error, connectionState, stats, startStreaming, stopStreaming,
+        dropConnection };
 }

@@ -427,7 +427,8 @@ function statusStep(res: Response): Step {
   const s = res.status;
   if (s === 204) return end('closed', 'done', 'done');
   if (s === 410) return end('failed', 'resume_unavailable', 'failed');
-  if (s === 429) return retry('http_429', parseRetryAfter(res.headers.get('Retry-After')) ?? undefined);
+  // 429: a limit; 503: the stream store is away. Both say when to come back.
+  if (s === 429 || s === 503) return retry(`http_${s}`, parseRetryAfter(res.headers.get('Retry-After')) ?? undefined);
   if (s >= 400 && s < 500) return end('failed', `http_${s}`, 'failed');
   return retry(`http_${s}`);
 }

@@ -45,11 +45,18 @@ export interface EnhancedStreaming {
   metadata: Ref<Record<string, unknown>>;
   error: Ref<StreamErrorData | null>;
   connectionState: Ref<StreamingState>;
+  /**
+   * Statistics of the current stream, null before the first: refreshed together with `streamContent`
+   * (so the token count matches the text shown) and on every progress event and state change; at the
+   * end, the final figures.
+   */
   stats: Ref<SseStats | null>;
   /** Starts a stream (closing any previous one); resolves when it ends. */
   startStreaming(url: string, headers?: Record<string, string>): Promise<SseResult>;
   /** Cancels the stream on the proxy ("Stop generating"). */
   stopStreaming(): Promise<void>;
+  /** Aborts the current connection as if the network dropped; the client resumes (for trying resumes). */
+  dropConnection(): void;
 }
 
 /** Streams an sse-proxy response into reactive refs. */
@@ -65,14 +72,20 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
   let pending = '';
   let flushScheduled = false;
 
+  const refreshStats = (): void => {
+    if (client) stats.value = client.stats;
+  };
+
   const flush = (): void => {
     flushScheduled = false;
+    refreshStats();
     streamContent.value += pending;
     pending = '';
   };
 
   const appendDelta = (text: string): void => {
     if (options.enableBatching === false) {
+      refreshStats();
       streamContent.value += text;
       return;
     }
@@ -104,7 +117,9 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
     const isCurrent = (): boolean => client === current;
     current.on('token', (text) => isCurrent() && appendDelta(text));
     current.on('state', (state) => {
-      if (isCurrent()) connectionState.value = state;
+      if (!isCurrent()) return;
+      connectionState.value = state;
+      refreshStats();
     });
     current.on('restart', () => {
       if (!isCurrent()) return;
@@ -122,7 +137,9 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
     });
     if (options.enableProgress !== false) {
       current.on('progress', (data) => {
-        if (isCurrent()) progress.value = data;
+        if (!isCurrent()) return;
+        progress.value = data;
+        refreshStats();
       });
     }
     const result = await current.start();
@@ -141,7 +158,12 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
     await client?.stop();
   }
 
+  function dropConnection(): void {
+    client?.dropConnection();
+  }
+
   if (getCurrentScope()) onScopeDispose(() => client?.close());
 
-  return { isStreaming, streamContent, progress, metadata, error, connectionState, stats, startStreaming, stopStreaming };
+  return { isStreaming, streamContent, progress, metadata, error, connectionState, stats, startStreaming, stopStreaming,
+    dropConnection };
 }

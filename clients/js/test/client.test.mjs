@@ -162,6 +162,20 @@ test('429 waits Retry-After seconds, then retries', async (t) => {
   assert.equal(result.stats.reconnectSuccesses, 1);
 });
 
+test('503 (stream store unavailable) waits Retry-After seconds, then resumes', async (t) => {
+  const s = await statusServer([{ status: 503, code: 'store_unavailable', headers: { 'Retry-After': '1' } }]);
+  t.after(s.close);
+  const client = new SseClient(`${s.url}/s`, { backoff: FAST });
+  const seen = record(client);
+  const started = performance.now();
+  const result = await client.start();
+  assert.equal(result.text, 'ok');
+  assert.ok(performance.now() - started >= 950, 'waited about 1 s, not the 10 ms backoff');
+  assert.ok(seen.state.some(([st, r]) => st === 'reconnecting' && r === 'http_503'));
+  assert.equal(result.stats.reconnects, 1);
+  assert.equal(s.requests.length, 2);
+});
+
 for (const status of [400, 401, 403, 404]) {
   test(`${status} fails with http_${status} and no retry`, async (t) => {
     const s = await statusServer([{ status }]);

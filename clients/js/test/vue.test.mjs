@@ -81,3 +81,37 @@ test('stopStreaming posts the cancel request', async (t) => {
   assert.equal(cancel.url, '/_sse-proxy/streams/C/cancel');
   assert.equal(cancel.headers.authorization, 'Bearer c');
 });
+
+test('dropConnection resumes with Last-Event-ID and the exact text', async (t) => {
+  const server = await resumableServer({ events: tokenEvents('D', TOKENS), intervalMs: 2 });
+  t.after(server.close);
+  const { s, scope } = mount({ backoff: { baseMs: 5 } });
+  t.after(() => scope.stop());
+  const running = s.startStreaming(`${server.url}/s`);
+  await new Promise((resolve) => {
+    const stop = watch(s.streamContent, (v) => v.length > 0 && (stop(), resolve()));
+  });
+  s.dropConnection();
+  const result = await running;
+  assert.equal(result.reason, 'done');
+  assert.equal(s.streamContent.value, TOKENS.join(''));
+  assert.equal(server.requests.length, 2);
+  assert.match(server.requests[1].headers['last-event-id'], /^D:[0-9]+$/);
+  assert.equal(s.stats.value.reconnects, 1);
+  assert.equal(s.stats.value.duplicates, 0);
+  assert.equal(s.stats.value.gaps, 0);
+});
+
+test('stats refresh while streaming, with the text shown', async (t) => {
+  const server = await resumableServer({ events: tokenEvents('L', TOKENS), intervalMs: 2 });
+  t.after(server.close);
+  const { s, scope } = mount({ enableBatching: false });
+  t.after(() => scope.stop());
+  const seen = [];
+  scope.run(() => watch(s.streamContent, (text) => seen.push([text.length, s.stats.value?.tokens]), { flush: 'sync' }));
+  const running = s.startStreaming(`${server.url}/s`);
+  await running;
+  assert.equal(seen.length, TOKENS.length);
+  // Each token is 3-4 characters; the token count shown with each text is that text's.
+  for (const [i, [, tokens]] of seen.entries()) assert.equal(tokens, i + 1);
+});

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 use scripts::Scripts;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tail::Tail;
@@ -34,6 +35,13 @@ use tokio::time::Instant;
 
 /// How long connecting, and then any one command, may take before the store counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// First wait before connecting again after the connection is lost; doubled up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between two attempts to connect again.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// How often a waiter looks at its stream's state (see [`RedisStore::wait`]).
 const POLL: Duration = Duration::from_secs(1);
@@ -48,11 +56,56 @@ pub struct RedisStore {
     scripts: Scripts,
 }
 
+/// The client of the Redis at `url`; over TLS, trusting `ca_pem` if given, otherwise the system's
+/// roots (or those of `SSL_CERT_FILE` and `SSL_CERT_DIR` when set).
+fn client(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Client, StoreError> {
+    // rustls picks no crypto provider by itself once another crate enables a second one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match ca_pem {
+        None => Client::open(url),
+        Some(pem) => Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+    }
+    .map_err(unavailable)
+}
+
+/// One connection to see that Redis answers: the connection manager retries a refused
+/// connection, a failed TLS handshake or a wrong password until its timeout, which would hide why.
+async fn probe(client: &Client) -> Result<(), StoreError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    tokio::time::timeout(
+        TIMEOUT,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    .map_err(|_| StoreError::Unavailable("connecting to the stream store timed out".into()))?
+    .map(drop)
+    .map_err(unavailable)
+}
+
 /// What a script answered: its status word, then its values.
 type Reply = Vec<Vec<u8>>;
 
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// `command`, failing with [`StoreError::Unavailable`] unless it answers within [`TIMEOUT`]
+/// (the connection manager's response timeout does not cover waiting for a new connection).
+async fn within<T>(command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    match tokio::time::timeout(TIMEOUT, command).await {
+        Ok(r) => r.map_err(unavailable),
+        Err(_) => Err(StoreError::Unavailable(
+            "the stream store did not answer in time".into(),
+        )),
+    }
 }
 
 fn malformed(what: &str) -> StoreError {
@@ -73,16 +126,10 @@ fn number(v: Option<&Vec<u8>>) -> Result<u64, StoreError> {
 }
 
 fn outcome(word: &[u8]) -> Result<Outcome, StoreError> {
-    [
-        Outcome::Completed,
-        Outcome::Cancelled,
-        Outcome::Abandoned,
-        Outcome::Error,
-        Outcome::Shutdown,
-    ]
-    .into_iter()
-    .find(|o| o.as_str().as_bytes() == word)
-    .ok_or_else(|| malformed("unknown outcome"))
+    Outcome::ALL
+        .into_iter()
+        .find(|o| o.as_str().as_bytes() == word)
+        .ok_or_else(|| malformed("unknown outcome"))
 }
 
 /// The error a refusal (`nf`, `fin`, `conflict`, `exists`) stands for, given the batch's first seq.
@@ -112,13 +159,29 @@ fn ok(reply: Reply, got: u64) -> Result<Reply, StoreError> {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://`, with a password if need be) and keeps its keys
-    /// under `key_prefix`; [`StoreError::Unavailable`] if it cannot be reached.
+    /// Connects to the Redis at `url` (`redis://` or `rediss://`, with a password if need be) and
+    /// keeps its keys under `key_prefix`; [`StoreError::Unavailable`] if it cannot be reached.
     pub async fn connect(url: &str, key_prefix: &str, settings: StoreSettings) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(unavailable)?;
+        Self::connect_with_ca(url, None, key_prefix, settings).await
+    }
+
+    /// [`RedisStore::connect`], checking a `rediss://` server's certificate against the CAs in
+    /// `ca_pem` (PEM) instead of the system's roots.
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+        key_prefix: &str,
+        settings: StoreSettings,
+    ) -> Result<Self, StoreError> {
+        let client = client(url, ca_pem)?;
+        probe(&client).await?;
+        // A lost connection is made again in the background, at most RECONNECT_MAX apart; every
+        // operation meanwhile fails within TIMEOUT (see `run`), so nothing piles up behind it.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_response_timeout(Some(TIMEOUT))
+            .set_min_delay(RECONNECT_MIN)
+            .set_max_delay(RECONNECT_MAX);
         let conn = tokio::time::timeout(
             TIMEOUT,
             ConnectionManager::new_with_config(client.clone(), config),
@@ -161,7 +224,7 @@ impl RedisStore {
         }
         args(&mut inv);
         let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(unavailable)
+        within(inv.invoke_async(&mut conn)).await
     }
 
     async fn create_now(&self, id: StreamId, new: NewStream) -> Result<(), StoreError> {
@@ -324,11 +387,12 @@ impl RedisStore {
 
     async fn remove_now(&self, id: StreamId) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        redis::cmd("DEL")
-            .arg(&self.keys(id))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)
+        within(redis::cmd("DEL").arg(&self.keys(id)).query_async::<()>(&mut conn)).await
+    }
+
+    async fn ping_now(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        within(redis::cmd("PING").query_async::<()>(&mut conn)).await
     }
 }
 
@@ -431,5 +495,9 @@ impl Store for RedisStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ping_now())
     }
 }

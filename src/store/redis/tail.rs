@@ -16,8 +16,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Longest one `XREAD` blocks, and how long the reader rests after an error before reconnecting.
+/// Longest one `XREAD` blocks.
 const BLOCK: Duration = Duration::from_secs(1);
+
+/// First rest after the reader's connection failed; doubled on each failure in a row.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Longest rest between two attempts to connect again.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long connecting to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -161,8 +167,33 @@ fn seq_of(entry_id: &str) -> Option<u64> {
 /// `XREAD` reply: per stream, its key and its entries (id, fields).
 type XreadReply = Option<Vec<(String, Vec<(String, redis::Value)>)>>;
 
+/// Rests between attempts to reach Redis: doubling from [`RETRY_MIN`] to [`RETRY_MAX`], back to
+/// the start once it answers.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: RETRY_MIN }
+    }
+
+    /// The rest after one more failure.
+    fn failed(&mut self) -> Duration {
+        let rest = self.next;
+        self.next = (self.next * 2).min(RETRY_MAX);
+        rest
+    }
+
+    fn succeeded(&mut self) {
+        self.next = RETRY_MIN;
+    }
+}
+
 async fn read_loop(tail: Weak<Tail>, client: Client) {
     let mut reader: Option<(MultiplexedConnection, i64)> = None;
+    let mut backoff = Backoff::new();
     loop {
         let Some(t) = tail.upgrade() else { return };
         let positions = t.positions();
@@ -176,7 +207,8 @@ async fn read_loop(tail: Weak<Tail>, client: Client) {
                 Ok(r) => reader.insert(r),
                 Err(e) => {
                     tracing::debug!(error = %e, "stream store reader cannot connect");
-                    tokio::time::sleep(BLOCK).await;
+                    drop(t);
+                    tokio::time::sleep(backoff.failed()).await;
                     continue;
                 }
             },
@@ -198,6 +230,7 @@ async fn read_loop(tail: Weak<Tail>, client: Client) {
         t.blocked.store(0, Ordering::SeqCst);
         match got {
             Ok(streams) => {
+                backoff.succeeded();
                 for (key, entries) in streams.unwrap_or_default() {
                     if let Some(seq) = entries.last().and_then(|(eid, _)| seq_of(eid)) {
                         t.arrived(&key, seq);
@@ -207,8 +240,23 @@ async fn read_loop(tail: Weak<Tail>, client: Client) {
             Err(e) => {
                 tracing::debug!(error = %e, "stream store reader failed");
                 reader = None;
-                tokio::time::sleep(BLOCK).await;
+                drop(t);
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_backs_off_doubling_up_to_a_ceiling_and_starts_over_once_it_reads() {
+        let mut b = Backoff::new();
+        let rests: Vec<_> = (0..7).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(rests, [100, 200, 400, 800, 1600, 2000, 2000]);
+        b.succeeded();
+        assert_eq!(b.failed(), RETRY_MIN);
     }
 }
