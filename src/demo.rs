@@ -74,11 +74,11 @@ pub fn answer_tokens_of(question: &str, min_tokens: usize) -> Vec<String> {
             order.shuffle(&mut rng);
         }
         let k = order.pop().unwrap_or(0);
-        if i > 0 && i % 3 == 0 {
+        if i > 0 && i.is_multiple_of(3) {
             tokens.push("\n\n".to_string());
         }
         for (j, word) in SENTENCES[k].split(' ').enumerate() {
-            let lead = if j == 0 && i % 3 == 0 { "" } else { " " };
+            let lead = if j == 0 && i.is_multiple_of(3) { "" } else { " " };
             tokens.push(format!("{lead}{word}"));
         }
         i += 1;
