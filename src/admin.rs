@@ -2,9 +2,13 @@
 
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
+use crate::metrics::StoreOp;
+use crate::store::{self, ClaimInfo, StoreError};
+use crate::stream::StreamInfo;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -27,8 +31,11 @@ pub async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
     }
 }
 
+/// Longest `/streams` waits for the stream store's list of every replica's answers.
+const LIST_WAIT: Duration = Duration::from_secs(2);
+
 /// Answers one admin request: `GET /metrics`, `/healthz`, `/readyz`, `/streams`.
-pub fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Response<ProxyBody> {
+pub async fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
         return http_util::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -59,23 +66,74 @@ pub fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Res
             &serde_json::json!({ "status": "at_capacity" }),
         ),
         "/readyz" => http_util::json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
-        "/streams" => {
-            let list = app.registry.list(tokio::time::Instant::now());
-            http_util::json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "running": app.registry.running(),
-                    "log_bytes": app.registry.budget().held(),
-                    "streams": list,
-                }),
-            )
-        }
+        "/streams" => streams(app).await,
         _ => http_util::error(
             StatusCode::NOT_FOUND,
             "not_found",
             "try /metrics, /healthz, /readyz or /streams",
         ),
     }
+}
+
+/// The streams this replica holds, and the running answers the other replicas on the store read.
+async fn streams(app: &App) -> Response<ProxyBody> {
+    let mut list = app.registry.list(tokio::time::Instant::now(), app.replica());
+    let mut running = app.registry.running();
+    let mut body = serde_json::json!({ "replica": app.replica() });
+    match tokio::time::timeout(LIST_WAIT, app.store.store.claims()).await {
+        Ok(Ok(claims)) => {
+            let here: HashSet<String> = list.iter().map(|s| s.id.clone()).collect();
+            // This replica's own claims are counted in `running` already (with those whose
+            // backend has not answered yet, which the registry does not hold).
+            let elsewhere = claims
+                .into_iter()
+                .filter(|c| c.replica != app.replica() && !here.contains(&c.id.to_string()));
+            for c in elsewhere {
+                running += 1;
+                list.push(remote_info(c));
+            }
+        }
+        Ok(Err(e)) => list_failed(app, &mut body, &e),
+        Err(_) => list_failed(
+            app,
+            &mut body,
+            &StoreError::Unavailable("no answer in time".into()),
+        ),
+    }
+    body["running"] = running.into();
+    body["log_bytes"] = app.registry.budget().held().into();
+    body["streams"] = serde_json::to_value(list).unwrap_or_default();
+    http_util::json(StatusCode::OK, &body)
+}
+
+/// The `/streams` entry of an answer another replica reads.
+fn remote_info(c: ClaimInfo) -> StreamInfo {
+    let meta = c.meta;
+    let (state, outcome) = match meta.as_ref().map(|m| m.state) {
+        None => ("starting", None),
+        Some(store::State::Running) => ("running", None),
+        Some(store::State::Finished(o)) => ("finished", Some(o.as_str())),
+    };
+    StreamInfo {
+        id: c.id.to_string(),
+        replica: c.replica,
+        state,
+        outcome,
+        route: meta.as_ref().map(|m| m.route.clone()).unwrap_or_default(),
+        model: meta.as_ref().map(|m| m.model.clone()).unwrap_or_default(),
+        tokens: None,
+        connections: None,
+        age_seconds: None,
+        bytes: meta.as_ref().map_or(0, |m| m.bytes),
+        last_seq: meta.as_ref().map_or(0, |m| m.last_seq),
+    }
+}
+
+/// The store could not list the other replicas' answers: this replica's only, and why.
+fn list_failed(app: &App, body: &mut serde_json::Value, e: &StoreError) {
+    tracing::warn!(error = %e, "the stream store cannot list the other replicas' streams");
+    app.metrics.store_errors.increment(StoreOp::List);
+    body["store_error"] = e.to_string().into();
 }
 
 #[cfg(test)]
@@ -93,7 +151,7 @@ mod tests {
             .uri(path)
             .body(())
             .expect("request");
-        let resp = handle(app, &metrics, &req);
+        let resp = handle(app, &metrics, &req).await;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
@@ -124,6 +182,83 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(get(&app, Method::GET, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    /// A test app on `store`.
+    fn app_on(store: Arc<dyn crate::store::Store>) -> App {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[[stream]]\npath = \"/stream\"\n";
+        let cfg = crate::config::Config::from_toml_str(text, "<test>").expect("valid test config");
+        let handle = crate::store::Handle::new(store, Duration::from_secs(5));
+        let metrics = Arc::new(crate::metrics::Metrics::noop());
+        App::with_store(
+            crate::settings::Settings::build(&cfg),
+            None,
+            CancellationToken::new(),
+            metrics,
+            handle,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_lists_other_replicas_answers_or_says_why_not() {
+        use crate::ids::StreamId;
+        use crate::store::{gate::Gate, AdmitLimits, Claim, MemoryStore, NewStream, Store, StoreSettings};
+        let memory = Arc::new(MemoryStore::new(
+            StoreSettings {
+                max_stream_bytes: 1 << 20,
+                lease: Duration::from_secs(5),
+                retention: Duration::from_secs(60),
+            },
+            usize::MAX,
+        ));
+        let gate = Gate::new(memory);
+        let app = app_on(gate.clone());
+        let limits = AdmitLimits {
+            max_streams: 10,
+            max_per_identity: 10,
+        };
+        let (reading, starting) = (StreamId::random(), StreamId::random());
+        for id in [reading, starting] {
+            let claim = Claim {
+                id,
+                owner: None,
+                replica: "replica-b".into(),
+            };
+            gate.admit(claim, limits).await.expect("admitted");
+        }
+        let new = NewStream {
+            owner: None,
+            route: "/stream".into(),
+            model: "m".into(),
+            replica: "replica-b".into(),
+        };
+        gate.create(reading, new).await.expect("create");
+        let (status, v) = get(&app, Method::GET, "/streams").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((&v["replica"], &v["running"]), (&app.replica().into(), &2.into()));
+        let list = v["streams"].as_array().expect("streams");
+        let entry = |id: StreamId| {
+            list.iter()
+                .find(|s| s["id"] == id.to_string().as_str())
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(entry(reading)["replica"], "replica-b");
+        assert_eq!(entry(reading)["state"], "running");
+        assert_eq!(entry(reading)["model"], "m");
+        assert_eq!(entry(starting)["state"], "starting");
+        assert!(v.get("store_error").is_none());
+
+        gate.fail(true);
+        let (status, v) = get(&app, Method::GET, "/streams").await;
+        assert_eq!(status, StatusCode::OK, "this replica's streams are listed anyway");
+        assert_eq!(v["running"], 0);
+        assert!(
+            v["store_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unavailable")),
+            "{v}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

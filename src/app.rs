@@ -1,6 +1,7 @@
 //! The proxy's shared state: settings, the backend client, the streams, and the limits every
 //! request checks. Which handler answers a request is decided in `handlers`.
 
+use crate::cluster::{Admission, SharedHistory};
 use crate::identity::IdentityRule;
 use crate::log::LogBudget;
 use crate::metrics::Metrics;
@@ -8,7 +9,7 @@ use crate::progress::Learner;
 use crate::rate_limit::RateLimit;
 use crate::reframe::{self, ProgressEvents};
 use crate::settings::Settings;
-use crate::store::{self, StoreSettings};
+use crate::store::{self, AdmitLimits, StoreSettings};
 use crate::stream::Registry;
 use crate::upstream::Upstream;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ pub struct App {
     pub(crate) readers: Arc<reframe::Shared>,
     /// Learned answer lengths, when progress is on.
     pub learner: Option<Arc<Learner>>,
+    /// The learned lengths shared with the other replicas, when the store is shared.
+    pub(crate) history: Option<Arc<SharedHistory>>,
+    /// Admits new streams under the limits, counted across the replicas on the store.
+    pub(crate) admission: Admission,
     /// Fires when shutdown starts.
     pub(crate) shutdown: CancellationToken,
     /// Client connections served at once: `server.max_connections` (`/readyz` says when none is left).
@@ -81,9 +86,6 @@ impl App {
         metrics: Arc<Metrics>,
         mut store: store::Handle,
     ) -> Self {
-        // The identity key is this process's own: another replica could not tell a stream's owner,
-        // so clients stay here to the end of their streams rather than being sent there.
-        store.handoff &= settings.identity.is_none();
         store = store::Handle {
             store: Arc::new(store::Timed::new(store.store, metrics.clone())),
             ..store
@@ -97,6 +99,20 @@ impl App {
             settings.resume.retention,
             metrics.clone(),
         ));
+        let history = settings
+            .progress
+            .as_ref()
+            .zip(learner.clone())
+            .filter(|_| store.store.is_shared())
+            .map(|(p, learner)| {
+                let keep = p.learner.max_history;
+                Arc::new(SharedHistory::new(
+                    learner,
+                    store.store.clone(),
+                    keep,
+                    metrics.clone(),
+                ))
+            });
         let progress = settings
             .progress
             .as_ref()
@@ -104,7 +120,13 @@ impl App {
             .map(|(p, learner)| ProgressEvents {
                 learner,
                 cadence: p.cadence,
+                shared: history.clone(),
             });
+        let limits = AdmitLimits {
+            max_streams: settings.limits.max_streams,
+            max_per_identity: settings.limits.max_streams_per_identity,
+        };
+        let admission = Admission::new(registry.clone(), store.clone(), limits, metrics.clone());
         let readers = Arc::new(reframe::Shared {
             settings: settings.reader,
             registry: registry.clone(),
@@ -122,11 +144,26 @@ impl App {
             registry,
             readers,
             learner,
+            history,
+            admission,
             shutdown,
             metrics,
             store,
             store_health,
         }
+    }
+}
+
+impl App {
+    /// Uses `key` for the owner hashes (the key every replica on the store shares).
+    pub(crate) fn with_identity_key(mut self, key: [u8; 16]) -> Self {
+        self.identity = self.identity.with_key(key);
+        self
+    }
+
+    /// This process's name in the stream store (the `replica` of the streams it reads).
+    pub fn replica(&self) -> &str {
+        &self.store.replica
     }
 }
 
@@ -159,10 +196,11 @@ mod tests {
     }
 
     #[test]
-    fn clients_are_handed_off_on_a_shared_store_only_when_any_replica_can_tell_their_owner() {
+    fn clients_are_handed_off_on_a_shared_store_with_an_identity_too() {
+        // The replicas share the identity key (see `server`): any of them tells a stream's owner.
         assert!(app("").store.handoff);
         let with_identity = app("[identity]\nfrom = \"header:authorization\"\n");
-        assert!(!with_identity.store.handoff);
-        assert!(!with_identity.readers.store.handoff);
+        assert!(with_identity.store.handoff);
+        assert!(with_identity.readers.store.handoff);
     }
 }

@@ -9,6 +9,7 @@
 //! cursor hands its client off: it writes what the store already has, then a short `retry:`, and
 //! ends the body, so the client resumes elsewhere from its last event.
 
+use crate::cluster::Following;
 use crate::http_util::ProxyBody;
 use crate::ids::StreamId;
 use crate::log::{Read, Subscription};
@@ -59,6 +60,10 @@ pub struct Remote {
     lease: Duration,
     check_at: Instant,
     stop: CancellationToken,
+    /// Counts this connection against `max_followers` while it lives.
+    follower: Option<Following>,
+    /// When the follower's lease in the store is renewed next.
+    renew_at: Instant,
 }
 
 /// How a wait for more of a stream ended.
@@ -81,6 +86,16 @@ impl Remote {
             lease,
             check_at: Instant::now() + lease,
             stop,
+            follower: None,
+            renew_at: Instant::now() + lease / 3,
+        }
+    }
+
+    /// The same, counted by `follower` while it lives (its lease renewed every third of the lease).
+    pub fn counted(self, follower: Following) -> Self {
+        Remote {
+            follower: Some(follower),
+            ..self
         }
     }
 
@@ -91,12 +106,18 @@ impl Remote {
         metrics: &Metrics,
     ) -> Result<Waited, (StoreOp, StoreError)> {
         let now = Instant::now();
+        if now >= self.renew_at {
+            self.renew_at = now + self.lease / 3;
+            if let Some(f) = self.follower.as_ref() {
+                f.renew().await;
+            }
+        }
         if now >= self.check_at {
             self.check_at = now + self.lease;
             self.check_owner(metrics).await?;
             return Ok(Waited::Changed);
         }
-        let deadline = beat_at.min(self.check_at);
+        let deadline = beat_at.min(self.check_at).min(self.renew_at);
         tokio::select! {
             _ = self.stop.cancelled() => Ok(Waited::Stop),
             w = self.store.wait(self.id, after, deadline) => match w.map_err(|e| (StoreOp::Wait, e))? {
@@ -573,6 +594,50 @@ mod tests {
                 seen.push_str(&s(c.next_chunk().await));
             }
             assert!(!seen.contains("upstream_lost"), "{seen}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_counted_follower_stays_counted_while_it_tails() {
+            let store = memory(LEASE);
+            let id = written(&*store, 1).await;
+            let owner = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = owner.refresh_lease(id).await;
+                }
+            });
+            let metrics = Arc::new(Metrics::noop());
+            let registry = Arc::new(crate::stream::Registry::new(
+                Arc::new(LogBudget::default()),
+                10,
+                10,
+                1 << 20,
+                Duration::from_secs(60),
+                metrics.clone(),
+            ));
+            let handle = crate::store::Handle::new(store.clone(), LEASE);
+            let following = crate::cluster::follow(&handle, &registry, id, 1, &metrics)
+                .await
+                .expect("counted");
+            let stop = CancellationToken::new();
+            let remote = Remote::new(store.clone(), id, LEASE, stop.clone()).counted(following);
+            let settings = CursorSettings {
+                heartbeat: Duration::from_secs(15),
+                max_write_bytes: 1 << 16,
+            };
+            let mut c = Cursor::remote(remote, 1, Bytes::new(), settings, metrics);
+            c.next_chunk().await;
+            for _ in 0..3 {
+                assert_eq!(s(c.next_chunk().await), ": heartbeat\n\n");
+            }
+            assert_eq!(
+                store.follow(id, 7, 1).await,
+                Ok(false),
+                "still counted 9 leases on"
+            );
+            drop(c);
+            assert_eq!(store.follow(id, 7, 1).await, Ok(true), "uncounted once gone");
         }
 
         #[tokio::test(start_paused = true)]

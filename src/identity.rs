@@ -53,7 +53,8 @@ impl Owner {
     }
 }
 
-/// Extracts and hashes identities with a per-process random key.
+/// Extracts and hashes identities with a keyed hash: a per-process random key, or the key every
+/// replica on a shared stream store uses.
 #[derive(Debug, Clone)]
 pub struct IdentityRule {
     source: Option<SourceSpec>,
@@ -67,6 +68,16 @@ impl IdentityRule {
             source,
             key: rand::random(),
         }
+    }
+
+    /// The same rule hashing with `key`.
+    pub fn with_key(self, key: [u8; 16]) -> Self {
+        IdentityRule { key, ..self }
+    }
+
+    /// The key it hashes with.
+    pub fn key(&self) -> [u8; 16] {
+        self.key
     }
 
     /// Whether an identity is configured at all.
@@ -150,6 +161,16 @@ mod tests {
         let rule = IdentityRule::new(None);
         assert_eq!(rule.owner(&headers(&[("authorization", "x")])), None);
         assert!(rule.permits(None, None));
+    }
+
+    #[test]
+    fn rules_with_one_key_agree() {
+        let h = headers(&[("authorization", "same")]);
+        let source = || Some(SourceSpec::Header(http::header::AUTHORIZATION));
+        let r1 = IdentityRule::new(source()).with_key([9; 16]);
+        let r2 = IdentityRule::new(source()).with_key([9; 16]);
+        assert!(r1.owner(&h).is_some());
+        assert_eq!(r1.owner(&h), r2.owner(&h));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod app;
 pub(crate) mod client_conn;
+pub mod cluster;
 pub mod config;
 pub(crate) mod connection;
 pub mod demo;

@@ -120,13 +120,12 @@ pub async fn bind_with_store(
         Some(store) => store,
         None => configured_store(&settings).await?,
     };
-    let app = Arc::new(App::with_store(
-        settings,
-        learner,
-        shutdown,
-        metrics.metrics,
-        store,
-    ));
+    let key = identity_key(&settings, &store).await?;
+    let mut app = App::with_store(settings, learner, shutdown, metrics.metrics, store);
+    if let Some(key) = key {
+        app = app.with_identity_key(key);
+    }
+    let app = Arc::new(app);
     Ok(Bound {
         main,
         admin,
@@ -155,6 +154,38 @@ async fn configured_store(settings: &Settings) -> Result<crate::store::Handle, S
             Ok(crate::app::memory_store(settings))
         }
     }
+}
+
+/// Longest the start waits for the store's identity key.
+const KEY_WAIT: Duration = Duration::from_secs(5);
+
+/// The key of the owner hashes, when `[identity]` is configured: the one every replica on the store
+/// uses (the first to start stores it), so that an owner resumes on any replica. A required Redis
+/// that does not give it stops the start; otherwise this process uses a key of its own.
+async fn identity_key(
+    settings: &Settings,
+    store: &crate::store::Handle,
+) -> Result<Option<[u8; 16]>, ServerError> {
+    if settings.identity.is_none() {
+        return Ok(None);
+    }
+    let asked = store
+        .store
+        .shared_secret(crate::cluster::identity_key::NAME, rand::random());
+    let source = match tokio::time::timeout(KEY_WAIT, asked).await {
+        Ok(Ok(key)) => return Ok(Some(key)),
+        Ok(Err(e)) => e,
+        Err(_) => crate::store::StoreError::Unavailable("no answer in time".into()),
+    };
+    let cfg = &settings.store;
+    if cfg.required {
+        return Err(ServerError::Store {
+            url: redacted(&cfg.url),
+            source,
+        });
+    }
+    tracing::warn!(error = %source, "the stream store has no identity key for this replica; owners cannot resume on other replicas");
+    Ok(None)
 }
 
 /// The PEM CA certificates in `path`, checked to hold at least one.
@@ -217,6 +248,15 @@ impl Bound {
             (settings.resume.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
         tokio::spawn(admin::upkeep(self.metrics.clone(), stop_admin.clone()));
+        if app.identity.is_configured() && app.store.store.is_shared() {
+            tokio::spawn(crate::cluster::identity_key::keep_identity_key(
+                app.store.store.clone(),
+                app.identity.key(),
+                app.store.lease,
+                app.metrics.clone(),
+                stop_admin.clone(),
+            ));
+        }
         tokio::spawn(app.store_health.clone().run(
             app.store.store.clone(),
             app.metrics.clone(),
@@ -281,7 +321,8 @@ async fn serve_admin(
         metrics: None,
     };
     let handler = move |req: Request<RequestBody>, _peer: SocketAddr| {
-        std::future::ready(admin::handle(&app, &metrics, &req))
+        let (app, metrics) = (app.clone(), metrics.clone());
+        async move { admin::handle(&app, &metrics, &req).await }
     };
     listener::serve(tcp, opts, stop, handler).await;
 }

@@ -357,6 +357,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
             "op",
             &[
                 "create", "append", "finish", "refresh", "meta", "read", "wait", "trim", "remove", "ping",
+                "admit", "list", "history", "key",
             ],
         ),
         ("sse_proxy_log_evictions_total", "kind", &["finished", "running"]),

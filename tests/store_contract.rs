@@ -76,3 +76,33 @@ async fn streams_expire() {
 async fn remove_then_not_found() {
     contract::remove_then_not_found(MEMORY).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn admission_counts_claims_and_releases_them() {
+    contract::admission_counts_claims_and_releases_them(MEMORY).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lapsed_claims_free_their_place() {
+    contract::lapsed_claims_free_their_place(MEMORY).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn claims_list_their_streams_metadata() {
+    contract::claims_list_their_streams_metadata(MEMORY).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lengths_keep_the_newest_per_route_and_model() {
+    contract::lengths_keep_the_newest_per_route_and_model(MEMORY).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_secret_first_proposal_wins() {
+    contract::shared_secret_first_proposal_wins(MEMORY).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn followers_are_counted_until_they_leave_or_lapse() {
+    contract::followers_are_counted_until_they_leave_or_lapse(MEMORY).await;
+}

@@ -52,6 +52,12 @@ redis_case!(
 redis_case!(lease_expiry_is_visible);
 redis_case!(streams_expire);
 redis_case!(remove_then_not_found);
+redis_case!(admission_counts_claims_and_releases_them);
+redis_case!(lapsed_claims_free_their_place);
+redis_case!(claims_list_their_streams_metadata);
+redis_case!(lengths_keep_the_newest_per_route_and_model);
+redis_case!(shared_secret_first_proposal_wins);
+redis_case!(followers_are_counted_until_they_leave_or_lapse);
 
 /// A count from `server`'s `INFO clients` (this query's own connection included).
 async fn info_clients(server: &RedisServer, field: &str) -> usize {

@@ -2,6 +2,7 @@
 //! the 429 of a limit, and the answer to a failed backend request.
 
 use crate::app::App;
+use crate::cluster::Following;
 use crate::connection::{Cursor, Remote};
 use crate::http_util::{self, ProxyBody};
 use crate::ids::StreamId;
@@ -34,14 +35,17 @@ pub fn event_stream_response(
     sse_response(id, cursor, span)
 }
 
-/// A `200 text/event-stream` response following stream `id` in the store after seq `after`.
+/// A `200 text/event-stream` response following, from the store after seq `after`, the stream
+/// `follower` counts a connection of.
 pub fn store_stream_response(
     app: &App,
-    id: StreamId,
+    follower: Following,
     after: u64,
     span: tracing::Span,
 ) -> Response<ProxyBody> {
-    let remote = Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone());
+    let id = follower.id();
+    let remote =
+        Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone()).counted(follower);
     let cursor = Cursor::remote(
         remote,
         after,

@@ -2,6 +2,7 @@
 
 use super::respond::{event_stream_response, store_stream_response, too_many};
 use crate::app::App;
+use crate::cluster::{self, NotFollowing};
 use crate::http_util::{self, ProxyBody};
 use crate::identity::Owner;
 use crate::log::StreamLog;
@@ -101,13 +102,19 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
+    let max = app.settings.limits.max_followers;
+    let follower = match cluster::follow(&app.store, &app.registry, id.stream, max, &app.metrics).await {
+        Ok(f) => f,
+        Err(NotFollowing::Full) => return Resume::Respond(too_many(app, Rejected::MaxFollowers)),
+        Err(NotFollowing::Gone) => return Resume::Gone,
+    };
     app.metrics.resumes.increment(ResumeResult::Replayed);
     let span =
         tracing::info_span!("stream", stream_id = %id.stream, route = %meta.route, model = %meta.model);
     span.in_scope(
         || tracing::info!(after = id.seq, replica = %meta.replica, "stream resumed from the store"),
     );
-    Resume::Respond(store_stream_response(app, id.stream, id.seq, span))
+    Resume::Respond(store_stream_response(app, follower, id.seq, span))
 }
 
 /// [`unavailable`], counted as a failed store lookup.

@@ -72,9 +72,10 @@ async fn start(
         Ok(b) => b,
         Err(e) => return e.response(&app.metrics),
     };
+    let id = StreamId::random();
     // Only after the body: a client that never sends it must not hold a stream slot meanwhile.
-    let slot = match app.registry.reserve(owner) {
-        Ok(s) => s,
+    let admitted = match app.admission.admit(id, owner).await {
+        Ok(a) => a,
         Err(why) => return too_many(app, why),
     };
     let model = model_name(route.model_from.as_ref(), &parts, &body);
@@ -93,7 +94,18 @@ async fn start(
         .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     parts.uri = uri;
     let upstream_req = Request::from_parts(parts, http_util::full(body));
-    let resp = match app.upstream.send(upstream_req).await {
+    // The other replicas' learned lengths are fetched while the backend prepares its answer.
+    let history = async {
+        if let Some(h) = app.history.as_ref() {
+            h.refresh(route.label(), &model).await;
+        }
+    };
+    let asked = async { tokio::join!(app.upstream.send(upstream_req), history).0 };
+    let resp = tokio::select! {
+        resp = asked => resp,
+        never = admitted.keep() => match never {},
+    };
+    let resp = match resp {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "stream request failed");
@@ -108,7 +120,6 @@ async fn start(
     }
     let (resp_parts, body) = resp.into_parts();
     let body = UpstreamBody::new(body, &resp_parts.headers);
-    let id = StreamId::random();
     // Staged: clients see an event once the stream store has it.
     let log = Arc::new(MemoryLog::staged(
         id,
@@ -127,7 +138,14 @@ async fn start(
     };
     let span = tracing::info_span!("stream", stream_id = %id, route = %label, model = %stream.model);
     span.in_scope(|| tracing::info!("stream started"));
-    let reader = Reader::new(stream, body, route.reader.clone(), &app.readers, slot, arrived);
+    let reader = Reader::new(
+        stream,
+        body,
+        route.reader.clone(),
+        &app.readers,
+        admitted,
+        arrived,
+    );
     app.registry
         .spawn_reader(reader.run(app.shutdown.clone()).instrument(span.clone()));
     let mut out = event_stream_response(app, follower, 0, span);

@@ -229,6 +229,14 @@ label_values! {
         Remove => "remove",
         /// The health check's round trip.
         Ping => "ping",
+        /// Taking, refreshing or giving back a place in the cluster-wide limits.
+        Admit => "admit",
+        /// Listing the running answers of every replica (`/streams`).
+        List => "list",
+        /// Reading or adding learned answer lengths.
+        History => "history",
+        /// Reading or writing back the shared identity key.
+        Key => "key",
     }
 }
 
@@ -270,7 +278,10 @@ mod tests {
         );
         assert_eq!(
             values::<StoreOp>(),
-            ["create", "append", "finish", "refresh", "meta", "read", "wait", "trim", "remove", "ping"]
+            [
+                "create", "append", "finish", "refresh", "meta", "read", "wait", "trim", "remove", "ping",
+                "admit", "list", "history", "key"
+            ]
         );
         assert_eq!(values::<EvictionKind>(), ["finished", "running"]);
         assert_eq!(values::<StatusClass>(), ["2xx", "3xx", "4xx", "5xx"]);

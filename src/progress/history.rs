@@ -249,8 +249,35 @@ impl Learner {
         if total == 0 {
             return;
         }
-        let key = key(route, model);
         let mut inner = self.lock();
+        self.series_mut(&mut inner, route, model)
+            .push(total, self.max_history);
+    }
+
+    /// Replaces the history of (route, model) with `totals`, oldest first (a history shared by
+    /// several proxies, which includes this one's answers).
+    pub fn replace(&self, route: &str, model: &str, totals: &[u64]) {
+        let mut inner = self.lock();
+        let series = self.series_mut(&mut inner, route, model);
+        let (route, model) = (
+            std::mem::take(&mut series.route),
+            std::mem::take(&mut series.model),
+        );
+        *series = Series {
+            route,
+            model,
+            last_used: series.last_used,
+            ..Series::default()
+        };
+        for &total in totals.iter().filter(|t| **t > 0) {
+            series.push(total, self.max_history);
+        }
+    }
+
+    /// The series of (route, model), made (and the least recently used one dropped at
+    /// `max_keys`) if need be, marked used now.
+    fn series_mut<'a>(&self, inner: &'a mut Inner, route: &str, model: &str) -> &'a mut Series {
+        let key = key(route, model);
         inner.clock += 1;
         let clock = inner.clock;
         if !inner.series.contains_key(&key) && inner.series.len() >= self.max_keys {
@@ -269,7 +296,7 @@ impl Learner {
             ..Series::default()
         });
         series.last_used = clock;
-        series.push(total, self.max_history);
+        series
     }
 
     /// Estimated total length of an answer that is `tokens_so_far` long and not finished.
@@ -529,6 +556,23 @@ mod tests {
         let e = l.estimate("/r", "llama3", 0);
         assert_eq!(e.total, 120);
         assert_eq!(e.prior_rate, Some(42.0));
+    }
+
+    #[test]
+    fn replace_swaps_one_history_for_another() {
+        let learner = Learner::new(&Options {
+            max_history: 3,
+            ..Options::default()
+        });
+        learner.record("/r", "m", 999);
+        learner.record("/r", "other", 7);
+        learner.replace("/r", "m", &[0, 100, 200, 300, 400]);
+        assert_eq!(learner.samples("/r", "m"), 3, "bounded, empty answers left out");
+        assert_eq!(learner.estimate("/r", "m", 150).total, 300);
+        assert_eq!(learner.estimate("/r", "m", 350).total, 400, "the newest kept");
+        assert_eq!(learner.samples("/r", "other"), 1, "other histories stay");
+        learner.record("/r", "m", 500);
+        assert_eq!(learner.samples("/r", "m"), 3, "recording goes on after a replace");
     }
 
     #[test]

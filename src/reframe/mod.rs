@@ -10,12 +10,13 @@ pub mod body;
 mod store_writer;
 pub mod token;
 
+use crate::cluster::{Admitted, SharedHistory};
 use crate::metrics::Metrics;
 use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
 use crate::store::{self, NewStream};
-use crate::stream::{Outcome, Registry, Slot, Stream};
+use crate::stream::{Outcome, Registry, Stream};
 use batcher::{Batcher, Limits};
 use body::BodyError;
 use bytes::Bytes;
@@ -64,6 +65,8 @@ pub struct ProgressEvents {
     pub learner: Arc<Learner>,
     /// At most one progress event per this many tokens and this interval.
     pub cadence: Cadence,
+    /// Where completed answers' lengths are shared with other replicas, when the store is shared.
+    pub(crate) shared: Option<Arc<SharedHistory>>,
 }
 
 /// What every stream's reader shares with the others.
@@ -118,7 +121,8 @@ pub struct Reader<B> {
     /// Seq of the last event appended to the log.
     appended: u64,
     metrics: Arc<Metrics>,
-    _slot: Slot,
+    history: Option<Arc<SharedHistory>>,
+    admitted: Admitted,
 }
 
 impl<B> Reader<B>
@@ -132,7 +136,7 @@ where
         body: B,
         route: Arc<RouteSettings>,
         shared: &Shared,
-        slot: Slot,
+        admitted: Admitted,
         arrived: Instant,
     ) -> Self {
         let progress = shared.progress.as_ref().map(|p| {
@@ -161,7 +165,8 @@ where
             last_token: None,
             tokens: 0,
             appended: 0,
-            _slot: slot,
+            history: shared.progress.as_ref().and_then(|p| p.shared.clone()),
+            admitted,
         }
     }
 
@@ -184,6 +189,7 @@ where
             record,
             self.metrics.clone(),
         );
+        writer.refresh_claim(self.admitted.claim().cloned());
         let end = self.drive(shutdown, &mut writer).await;
         let outcome = self.write_end(end);
         // Local clients get the end only once the store has it (or has failed to take it).
@@ -409,6 +415,9 @@ where
                 self.metrics.progress_error.record(err);
             }
             p.learn(self.tokens);
+            if let Some(shared) = self.history.as_ref() {
+                shared.share(&self.route.label, &self.stream.model, self.tokens);
+            }
         }
     }
 }
@@ -500,7 +509,19 @@ mod tests {
         let log = Arc::new(MemoryLog::staged(id, max_log, budget));
         let stream = Arc::new(Stream::new(id, "/r".into(), "m".into(), None, log));
         registry.insert(stream.clone());
-        let slot = registry.reserve(None).expect("slot");
+        let handle = store::Handle {
+            handoff,
+            ..store::Handle::new(gate, Duration::from_secs(5))
+        };
+        let limits = store::AdmitLimits {
+            max_streams: 10,
+            max_per_identity: 10,
+        };
+        let admission =
+            crate::cluster::Admission::new(registry.clone(), handle.clone(), limits, metrics.clone());
+        let admitted = futures_util::FutureExt::now_or_never(admission.admit(id, None))
+            .expect("a memory store answers at once")
+            .expect("admitted");
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         let frames: Frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
@@ -527,10 +548,7 @@ mod tests {
             },
             registry,
             progress: None,
-            store: store::Handle {
-                handoff,
-                ..store::Handle::new(gate, Duration::from_secs(5))
-            },
+            store: handle,
         };
         let follower = stream.attach(4).expect("attach");
         let cursor_settings = CursorSettings {
@@ -548,7 +566,7 @@ mod tests {
             cursor = cursor.hand_off_on(shutdown.clone());
         }
         let body = StreamBody::new(frames);
-        let reader = Reader::new(stream.clone(), body, route, &shared, slot, Instant::now());
+        let reader = Reader::new(stream.clone(), body, route, &shared, admitted, Instant::now());
         tokio::spawn(reader.run(shutdown));
         Running { stream, tx, cursor }
     }
@@ -588,6 +606,35 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the condition never held");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_readers_place_in_the_limits_is_refreshed_until_it_ends() {
+        let gate = Gate::new(memory_store());
+        let mut r = start(gate.clone(), 1 << 20);
+        for i in 0..4 {
+            r.send(&format!("t{i}"));
+            r.read_until(&format!("t{i}")).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let held: Vec<_> = gate
+            .claims()
+            .await
+            .expect("claims")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(held, vec![r.stream.id], "held four leases on");
+        r.done();
+        r.read_until("event: done").await;
+        let released = async {
+            while !gate.claims().await.expect("claims").is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        timeout(Duration::from_secs(1), released)
+            .await
+            .expect("given back when the reader ends");
     }
 
     #[tokio::test(start_paused = true)]

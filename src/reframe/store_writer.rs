@@ -12,7 +12,7 @@ use crate::ids::StreamId;
 use crate::log::StreamLog;
 use crate::metrics::{Metrics, StoreOp};
 use crate::protocol::{self, ErrorCode};
-use crate::store::{Batch, BoxFuture, NewStream, Store, StoreError};
+use crate::store::{Batch, BoxFuture, Claim, NewStream, Store, StoreError};
 use crate::stream::{Outcome, Stream};
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -76,6 +76,7 @@ pub(super) enum Done {
     Appended(u64, Result<u64, StoreError>),
     Abandoned(Result<Outcome, StoreError>),
     Refreshed(Result<(), StoreError>),
+    ClaimRefreshed(Result<(), StoreError>),
     Tick,
 }
 
@@ -103,6 +104,11 @@ pub(super) struct StoreWriter<'s> {
     /// The write in flight was already counted as stalled.
     stalled: bool,
     refresh: Option<BoxFuture<'s, Result<(), StoreError>>>,
+    /// The stream's place in the cluster-wide limits, refreshed as long as the stream runs,
+    /// whatever happens to its record.
+    claim: Option<Claim>,
+    claim_refresh: Option<BoxFuture<'s, Result<(), StoreError>>>,
+    claim_at: Instant,
     tick: Interval,
     lease_at: Instant,
     retry_at: Option<Instant>,
@@ -136,6 +142,9 @@ impl<'s> StoreWriter<'s> {
             write_age: 0,
             stalled: false,
             refresh: None,
+            claim: None,
+            claim_refresh: None,
+            claim_at: now + lease / 3,
             tick,
             lease_at: now + lease / 3,
             retry_at: None,
@@ -145,6 +154,11 @@ impl<'s> StoreWriter<'s> {
         // A create that is done at once leaves nothing to wait for (it cannot be `Lost`).
         let _ = writer.poll_now();
         writer
+    }
+
+    /// Refreshes `claim` (the stream's place in the cluster-wide limits) with the lease from now on.
+    pub(super) fn refresh_claim(&mut self, claim: Option<Claim>) {
+        self.claim = claim;
     }
 
     /// Sends the events after what the store has, up to `appended`, unless a write is in flight.
@@ -202,6 +216,12 @@ impl<'s> StoreWriter<'s> {
                 return Poll::Ready(Done::Refreshed(r));
             }
         }
+        if let Some(refresh) = self.claim_refresh.as_mut() {
+            if let Poll::Ready(r) = refresh.as_mut().poll(cx) {
+                self.claim_refresh = None;
+                return Poll::Ready(Done::ClaimRefreshed(r));
+            }
+        }
         self.tick.poll_tick(cx).map(|_| Done::Tick)
     }
 
@@ -210,7 +230,7 @@ impl<'s> StoreWriter<'s> {
         // A write that landed was counted already if it stalled.
         let stalled = match done {
             Done::Created(_) | Done::Appended(..) | Done::Abandoned(_) => std::mem::take(&mut self.stalled),
-            Done::Refreshed(_) | Done::Tick => false,
+            Done::Refreshed(_) | Done::ClaimRefreshed(_) | Done::Tick => false,
         };
         match done {
             Done::Created(Ok(())) | Done::Created(Err(StoreError::Exists)) => {
@@ -247,6 +267,11 @@ impl<'s> StoreWriter<'s> {
                 tracing::debug!(error = %e, "lease refresh failed");
                 self.metrics.store_errors.increment(StoreOp::Refresh);
             }
+            Done::ClaimRefreshed(Ok(())) => {}
+            Done::ClaimRefreshed(Err(e)) => {
+                tracing::debug!(error = %e, "refreshing the stream's place in the limits failed");
+                self.metrics.store_errors.increment(StoreOp::Admit);
+            }
             Done::Tick => self.on_tick(),
         }
         Ok(())
@@ -280,6 +305,12 @@ impl<'s> StoreWriter<'s> {
         if refreshing && self.refresh.is_none() && now >= self.lease_at {
             self.lease_at = now + self.lease / 3;
             self.refresh = Some(self.store.refresh_lease(self.id));
+        }
+        if let Some(claim) = self.claim.as_ref() {
+            if self.claim_refresh.is_none() && now >= self.claim_at {
+                self.claim_at = now + self.lease / 3;
+                self.claim_refresh = Some(self.store.refresh_claim(claim.clone()));
+            }
         }
     }
 

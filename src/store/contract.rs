@@ -6,10 +6,13 @@
 //! `tokio::time::sleep`, so they take no time under paused tokio time and real time against a
 //! server whose clock cannot be paused.
 
-use super::{Batch, BoxFuture, Meta, NewStream, Read, State, Store, StoreError, StoreSettings, Trim, Wait};
+use super::{
+    Admission, AdmitLimits, Batch, BoxFuture, Claim, Meta, NewStream, Read, State, Store, StoreError,
+    StoreSettings, Trim, Wait,
+};
 use crate::identity::Owner;
 use crate::ids::StreamId;
-use crate::stream::Outcome;
+use crate::stream::{Outcome, Rejected};
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::sync::Arc;
@@ -587,4 +590,225 @@ pub async fn remove_then_not_found(f: &dyn Factory) {
         .await
         .expect("the id is free again");
     assert_eq!(meta(&*store, id).await.last_seq, 0);
+}
+
+/// A claim of replica `replica` on stream `id` for `owner`.
+fn claim(id: StreamId, owner: Option<Owner>, replica: &str) -> Claim {
+    Claim {
+        id,
+        owner,
+        replica: replica.into(),
+    }
+}
+
+/// Cluster-wide admission: over either limit a claim is refused and nothing is taken; a release
+/// gives the place back; taking a place already held is admitted again.
+pub async fn admission_counts_claims_and_releases_them(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let limits = AdmitLimits {
+        max_streams: 3,
+        max_per_identity: 2,
+    };
+    let (alice, bob) = (Owner::from_bytes([1; 16]), Owner::from_bytes([2; 16]));
+    let a1 = claim(StreamId::random(), Some(alice), "replica-a");
+    let a2 = claim(StreamId::random(), Some(alice), "replica-b");
+    let admit = |c: &Claim| store.admit(c.clone(), limits);
+    assert_eq!(admit(&a1).await, Ok(Admission::Admitted));
+    assert_eq!(admit(&a2).await, Ok(Admission::Admitted));
+    assert_eq!(
+        admit(&a1).await,
+        Ok(Admission::Admitted),
+        "a claim held is admitted again"
+    );
+    let a3 = claim(StreamId::random(), Some(alice), "replica-a");
+    assert_eq!(
+        admit(&a3).await,
+        Ok(Admission::Full(Rejected::MaxStreamsPerIdentity))
+    );
+    let b1 = claim(StreamId::random(), Some(bob), "replica-a");
+    assert_eq!(admit(&b1).await, Ok(Admission::Admitted), "another owner's count");
+    let anon = claim(StreamId::random(), None, "replica-b");
+    assert_eq!(admit(&anon).await, Ok(Admission::Full(Rejected::MaxStreams)));
+    let mut held: Vec<_> = store
+        .claims()
+        .await
+        .expect("claims")
+        .into_iter()
+        .map(|c| (c.id, c.replica))
+        .collect();
+    held.sort();
+    let mut expected = vec![
+        (a1.id, "replica-a".to_string()),
+        (a2.id, "replica-b".to_string()),
+        (b1.id, "replica-a".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(held, expected, "refused claims took nothing");
+
+    assert_eq!(store.release(a1.clone()).await, Ok(()));
+    assert_eq!(store.release(a1.clone()).await, Ok(()), "releasing twice");
+    assert_eq!(
+        admit(&a3).await,
+        Ok(Admission::Admitted),
+        "alice's place came back"
+    );
+    assert_eq!(admit(&anon).await, Ok(Admission::Full(Rejected::MaxStreams)));
+    assert_eq!(store.release(b1).await, Ok(()));
+    assert_eq!(
+        admit(&anon).await,
+        Ok(Admission::Admitted),
+        "a total place came back"
+    );
+}
+
+/// A claim lives a lease from its last refresh; a lapsed one frees its place, and its holder's
+/// refresh takes the place again.
+pub async fn lapsed_claims_free_their_place(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let limits = AdmitLimits {
+        max_streams: 1,
+        max_per_identity: 1,
+    };
+    let owner = Some(Owner::from_bytes([7; 16]));
+    let kept = claim(StreamId::random(), owner, "replica-a");
+    let other = claim(StreamId::random(), owner, "replica-b");
+    assert_eq!(store.admit(kept.clone(), limits).await, Ok(Admission::Admitted));
+    sleep(LEASE / 2).await;
+    assert_eq!(store.refresh_claim(kept.clone()).await, Ok(()));
+    sleep(LEASE * 3 / 4).await;
+    assert_eq!(
+        store.admit(other.clone(), limits).await,
+        Ok(Admission::Full(Rejected::MaxStreams)),
+        "a claim lives a lease from its last refresh"
+    );
+    sleep(LEASE / 2).await;
+    assert!(
+        store.claims().await.expect("claims").is_empty(),
+        "a lapsed claim is not listed"
+    );
+    assert_eq!(
+        store.admit(other.clone(), limits).await,
+        Ok(Admission::Admitted),
+        "the lapsed claim's place (and its owner's) came back"
+    );
+    assert_eq!(store.refresh_claim(kept.clone()).await, Ok(()));
+    let mut held: Vec<_> = store
+        .claims()
+        .await
+        .expect("claims")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    held.sort();
+    let mut both = vec![kept.id, other.id];
+    both.sort();
+    assert_eq!(
+        held, both,
+        "a refresh takes a lapsed place again, limits unchecked"
+    );
+}
+
+/// The claims list carries each stream's metadata once its record exists.
+pub async fn claims_list_their_streams_metadata(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let limits = AdmitLimits {
+        max_streams: 10,
+        max_per_identity: 10,
+    };
+    let started = claim(StreamId::random(), None, "replica-a");
+    let starting = claim(StreamId::random(), None, "replica-b");
+    for c in [&started, &starting] {
+        assert_eq!(store.admit(c.clone(), limits).await, Ok(Admission::Admitted));
+    }
+    store.create(started.id, record(None)).await.expect("create");
+    append(
+        &*store,
+        started.id,
+        &frames(started.id, 1, 2, |s| format!("t{s}")),
+        1,
+    )
+    .await;
+    let list = store.claims().await.expect("claims");
+    assert_eq!(list.len(), 2);
+    for c in list {
+        if c.id == started.id {
+            assert_eq!(c.replica, "replica-a");
+            let m = c.meta.expect("metadata of a created stream");
+            assert_eq!(
+                (m.route.as_str(), m.model.as_str(), m.last_seq),
+                ("/api/chat/*", "llama3:8b", 2)
+            );
+        } else {
+            assert_eq!(
+                (c.id, c.replica.as_str(), c.meta),
+                (starting.id, "replica-b", None)
+            );
+        }
+    }
+}
+
+/// Learned lengths: per route and model, oldest first, the newest `keep` kept.
+pub async fn lengths_keep_the_newest_per_route_and_model(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let (route, model) = ("/api/chat/*".to_string(), "llama3:8b".to_string());
+    let lengths = |r: &str, m: &str, keep| store.lengths(r.into(), m.into(), keep);
+    assert_eq!(lengths(&route, &model, 5).await, Ok(vec![]));
+    for total in 1..=7 {
+        let added = store
+            .add_length(route.clone(), model.clone(), total * 100, 5)
+            .await;
+        assert_eq!(added, Ok(()));
+    }
+    assert_eq!(
+        lengths(&route, &model, 5).await,
+        Ok(vec![300, 400, 500, 600, 700])
+    );
+    assert_eq!(lengths(&route, &model, 2).await, Ok(vec![600, 700]));
+    assert_eq!(lengths(&route, "other", 5).await, Ok(vec![]));
+    assert_eq!(lengths("/other", &model, 5).await, Ok(vec![]));
+}
+
+/// A secret is the first proposal; later ones get it back.
+pub async fn shared_secret_first_proposal_wins(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let first = store.shared_secret("test-key", [1; 16]).await;
+    assert_eq!(first, Ok([1; 16]));
+    assert_eq!(store.shared_secret("test-key", [2; 16]).await, Ok([1; 16]));
+    assert_eq!(store.shared_secret("other-key", [3; 16]).await, Ok([3; 16]));
+}
+
+/// Followers tailing a stream from the store: counted up to a bound, given back when they leave
+/// or their lease lapses; a stream the store does not hold has none.
+pub async fn followers_are_counted_until_they_leave_or_lapse(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let id = created(&*store).await;
+    assert_eq!(store.follow(id, 1, 2).await, Ok(true));
+    assert_eq!(store.follow(id, 2, 2).await, Ok(true));
+    assert_eq!(
+        store.follow(id, 1, 2).await,
+        Ok(true),
+        "a follower counted already"
+    );
+    assert_eq!(store.follow(id, 3, 2).await, Ok(false), "a third");
+    let other = created(&*store).await;
+    assert_eq!(
+        store.follow(other, 3, 2).await,
+        Ok(true),
+        "another stream counts apart"
+    );
+    assert_eq!(store.unfollow(id, 2).await, Ok(()));
+    assert_eq!(store.unfollow(id, 2).await, Ok(()), "leaving twice");
+    assert_eq!(store.follow(id, 3, 2).await, Ok(true), "a place came back");
+    sleep(LEASE / 2).await;
+    assert_eq!(store.refresh_follow(id, 1).await, Ok(()));
+    sleep(LEASE * 3 / 4).await;
+    assert_eq!(store.follow(id, 4, 2).await, Ok(true), "follower 3 lapsed");
+    assert_eq!(
+        store.follow(id, 5, 2).await,
+        Ok(false),
+        "follower 1 was refreshed"
+    );
+    let unknown = StreamId::random();
+    assert_eq!(store.follow(unknown, 1, 2).await, Err(StoreError::NotFound));
+    assert_eq!(store.unfollow(unknown, 1).await, Ok(()));
 }

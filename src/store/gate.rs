@@ -1,6 +1,9 @@
 //! A store for tests: wraps another, and holds or fails its operations on demand.
 
-use super::{Batch, BoxFuture, Meta, NewStream, Read, Store, StoreError, Trim, Wait};
+use super::{
+    Admission, AdmitLimits, Batch, BoxFuture, Claim, ClaimInfo, Meta, NewStream, Read, Store, StoreError,
+    Trim, Wait,
+};
 use crate::ids::StreamId;
 use crate::stream::Outcome;
 use crate::sync::lock;
@@ -152,6 +155,95 @@ impl Store for Gate {
             self.check()?;
             self.inner.remove(id).await
         })
+    }
+
+    fn admit(&self, claim: Claim, limits: AdmitLimits) -> BoxFuture<'_, Result<Admission, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.admit(claim, limits).await
+        })
+    }
+
+    fn refresh_claim(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.refresh_claim(claim).await
+        })
+    }
+
+    fn release(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.release(claim).await
+        })
+    }
+
+    fn claims(&self) -> BoxFuture<'_, Result<Vec<ClaimInfo>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.claims().await
+        })
+    }
+
+    fn add_length(
+        &self,
+        route: String,
+        model: String,
+        total: u64,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.add_length(route, model, total, keep).await
+        })
+    }
+
+    fn lengths(
+        &self,
+        route: String,
+        model: String,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<Vec<u64>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.lengths(route, model, keep).await
+        })
+    }
+
+    fn shared_secret(
+        &self,
+        name: &'static str,
+        proposed: [u8; 16],
+    ) -> BoxFuture<'_, Result<[u8; 16], StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.shared_secret(name, proposed).await
+        })
+    }
+
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.follow(id, token, max).await
+        })
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.refresh_follow(id, token).await
+        })
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.unfollow(id, token).await
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

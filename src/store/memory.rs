@@ -4,8 +4,12 @@
 //! record an id already has), and no path takes the map's lock while holding a record's: they cannot
 //! deadlock, and appends to different streams only meet for a map lookup.
 
+use super::memory_cluster::Cluster;
 use super::record::Record;
-use super::{Batch, BoxFuture, Meta, NewStream, Read, Store, StoreError, StoreSettings, Trim, Wait};
+use super::{
+    Admission, AdmitLimits, Batch, BoxFuture, Claim, ClaimInfo, Meta, NewStream, Read, Store, StoreError,
+    StoreSettings, Trim, Wait,
+};
 use crate::ids::StreamId;
 use crate::stream::Outcome;
 use crate::sync::lock;
@@ -38,6 +42,7 @@ pub struct MemoryStore {
     max_total_bytes: usize,
     held: AtomicUsize,
     streams: Mutex<Streams>,
+    cluster: Mutex<Cluster>,
 }
 
 /// `now + d`, saturating far in the future instead of overflowing.
@@ -58,6 +63,7 @@ impl MemoryStore {
                 map: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
+            cluster: Mutex::new(Cluster::default()),
         }
     }
 
@@ -319,6 +325,87 @@ impl Store for MemoryStore {
         if let Ok(entry) = self.entry(id) {
             self.forget(id, &entry);
         }
+        Box::pin(ready(Ok(())))
+    }
+
+    fn admit(&self, claim: Claim, limits: AdmitLimits) -> BoxFuture<'_, Result<Admission, StoreError>> {
+        let now = Instant::now();
+        let until = later(now, self.settings.lease);
+        Box::pin(ready(Ok(lock(&self.cluster).admit(claim, limits, now, until))))
+    }
+
+    fn refresh_claim(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        let until = later(Instant::now(), self.settings.lease);
+        lock(&self.cluster).refresh(claim, until);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn release(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        lock(&self.cluster).release(claim.id);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn claims(&self) -> BoxFuture<'_, Result<Vec<ClaimInfo>, StoreError>> {
+        let held = lock(&self.cluster).claims(Instant::now());
+        let list = held
+            .into_iter()
+            .map(|(id, replica)| ClaimInfo {
+                id,
+                replica,
+                meta: self.with_record(id, false, |r, now| Ok(r.meta(now))).ok(),
+            })
+            .collect();
+        Box::pin(ready(Ok(list)))
+    }
+
+    fn add_length(
+        &self,
+        route: String,
+        model: String,
+        total: u64,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        lock(&self.cluster).add_length((route, model), total, keep);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn lengths(
+        &self,
+        route: String,
+        model: String,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<Vec<u64>, StoreError>> {
+        Box::pin(ready(Ok(lock(&self.cluster).lengths(&(route, model), keep))))
+    }
+
+    fn shared_secret(
+        &self,
+        name: &'static str,
+        proposed: [u8; 16],
+    ) -> BoxFuture<'_, Result<[u8; 16], StoreError>> {
+        Box::pin(ready(Ok(lock(&self.cluster).secret(name, proposed))))
+    }
+
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let lease = self.settings.lease;
+        Box::pin(ready(self.with_record(id, false, |r, now| {
+            Ok(r.follow(token, max, now, later(now, lease)))
+        })))
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let lease = self.settings.lease;
+        Box::pin(ready(self.with_record(id, false, |r, now| {
+            r.refresh_follow(token, later(now, lease));
+            Ok(())
+        })))
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = self.with_record(id, false, |r, _| {
+            r.unfollow(token);
+            Ok(())
+        });
         Box::pin(ready(Ok(())))
     }
 }

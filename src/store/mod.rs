@@ -14,6 +14,7 @@ pub mod contract;
 pub mod gate;
 pub mod health;
 mod memory;
+mod memory_cluster;
 mod record;
 mod redis;
 mod timed;
@@ -25,7 +26,7 @@ pub use timed::Timed;
 
 use crate::identity::Owner;
 use crate::ids::StreamId;
-use crate::stream::Outcome;
+use crate::stream::{Outcome, Rejected};
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -223,6 +224,46 @@ pub enum Wait {
     Timeout,
 }
 
+/// A running answer's place in the cluster-wide limits, held by the replica reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The answer's stream id.
+    pub id: StreamId,
+    /// Whose answer it is (counted against `max_streams_per_identity`).
+    pub owner: Option<Owner>,
+    /// The replica reading it.
+    pub replica: Arc<str>,
+}
+
+/// The cluster-wide limits a [`Store::admit`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmitLimits {
+    /// Running answers in total (`limits.max_streams`).
+    pub max_streams: usize,
+    /// Running answers of one owner (`limits.max_streams_per_identity`).
+    pub max_per_identity: usize,
+}
+
+/// What a [`Store::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The claim is held until released or its lease lapses.
+    Admitted,
+    /// A limit is reached; nothing was taken.
+    Full(Rejected),
+}
+
+/// A claim held now, as [`Store::claims`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimInfo {
+    /// The answer's stream id.
+    pub id: StreamId,
+    /// The replica reading it.
+    pub replica: String,
+    /// The stream's metadata, once its record is created (after the backend's response head).
+    pub meta: Option<Meta>,
+}
+
 /// A store of stream logs and their metadata, shared by every replica that uses it.
 ///
 /// Every operation on an id the store does not hold fails with [`StoreError::NotFound`]; any
@@ -269,6 +310,67 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes the stream and its frames (removing an absent stream succeeds). Waiters wake up.
     fn remove(&self, id: StreamId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    // What replicas share besides the streams: places in the cluster-wide limits (a claim lives
+    // `lease` from its last refresh, so a crashed replica's places come back), learned answer
+    // lengths, and secrets such as the identity key.
+
+    /// Takes a place for `claim` unless `limits` are reached, atomically: lapsed claims are dropped
+    /// first, then the total and the owner's claims are counted. A claim already held is refreshed
+    /// and admitted again.
+    fn admit(&self, claim: Claim, limits: AdmitLimits) -> BoxFuture<'_, Result<Admission, StoreError>>;
+
+    /// Extends a claim's lease by the store's `lease` from now (taking the place again, limits
+    /// unchecked, if it had lapsed: the answer is still running).
+    fn refresh_claim(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Gives a claim's place back (releasing a claim not held succeeds).
+    fn release(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every claim held now (lapsed ones left out), with its stream's metadata.
+    fn claims(&self) -> BoxFuture<'_, Result<Vec<ClaimInfo>, StoreError>>;
+
+    /// Adds the length of a completed answer of `model` on `route` to their shared history,
+    /// which keeps the newest `keep`.
+    fn add_length(
+        &self,
+        route: String,
+        model: String,
+        total: u64,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The newest `keep` lengths of the shared history of `model` on `route`, oldest first.
+    fn lengths(
+        &self,
+        route: String,
+        model: String,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<Vec<u64>, StoreError>>;
+
+    /// The secret stored under `name`; the first caller's `proposed` one if none was stored yet.
+    fn shared_secret(
+        &self,
+        name: &'static str,
+        proposed: [u8; 16],
+    ) -> BoxFuture<'_, Result<[u8; 16], StoreError>>;
+
+    /// Counts follower `token` (a connection tailing stream `id` from the store) unless `max`
+    /// followers whose lease has not lapsed already do; `false` when full. A token counted already
+    /// is refreshed and admitted again.
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Extends follower `token`'s lease by the store's `lease` from now (counting it again, `max`
+    /// unchecked, if it had lapsed).
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Stops counting follower `token` (one not counted succeeds).
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Whether other processes use this store too (then learned lengths are synced through it).
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     // Health (the health check's alone).
 

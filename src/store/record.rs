@@ -3,7 +3,7 @@
 use super::{Batch, Meta, NewStream, Read, State, StoreError, Trim};
 use crate::stream::Outcome;
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -22,6 +22,8 @@ pub(super) struct Record {
     lease_until: Instant,
     finished_at: Option<Instant>,
     terminal: Option<Bytes>,
+    /// Connections tailing it from the store, by token, with their lease deadline.
+    followers: HashMap<u64, Instant>,
 }
 
 impl Record {
@@ -36,6 +38,7 @@ impl Record {
             lease_until,
             finished_at: None,
             terminal: None,
+            followers: HashMap::new(),
         }
     }
 
@@ -119,6 +122,26 @@ impl Record {
             }
             State::Finished(outcome) => Err(StoreError::Finished(outcome)),
         }
+    }
+
+    /// Counts follower `token` until `until` unless `max` followers are counted at `now`.
+    pub(super) fn follow(&mut self, token: u64, max: usize, now: Instant, until: Instant) -> bool {
+        self.followers.retain(|_, at| *at > now);
+        if !self.followers.contains_key(&token) && self.followers.len() >= max {
+            return false;
+        }
+        self.followers.insert(token, until);
+        true
+    }
+
+    /// Counts follower `token` until `until`, whether it was counted or not.
+    pub(super) fn refresh_follow(&mut self, token: u64, until: Instant) {
+        self.followers.insert(token, until);
+    }
+
+    /// Stops counting follower `token`.
+    pub(super) fn unfollow(&mut self, token: u64) {
+        self.followers.remove(&token);
     }
 
     /// Frames after `after`, coalesced up to `max_bytes` (at least one).

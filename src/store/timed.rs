@@ -1,6 +1,9 @@
 //! A store that times every operation of the store it wraps into `sse_proxy_store_op_seconds`.
 
-use super::{Batch, BoxFuture, Meta, NewStream, Read, Store, StoreError, Trim, Wait};
+use super::{
+    Admission, AdmitLimits, Batch, BoxFuture, Claim, ClaimInfo, Meta, NewStream, Read, Store, StoreError,
+    Trim, Wait,
+};
 use crate::ids::StreamId;
 use crate::metrics::{Metrics, StoreOp};
 use crate::stream::Outcome;
@@ -92,6 +95,65 @@ impl Store for Timed {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.time(StoreOp::Ping, self.inner.ping())
+    }
+
+    fn admit(&self, claim: Claim, limits: AdmitLimits) -> BoxFuture<'_, Result<Admission, StoreError>> {
+        self.time(StoreOp::Admit, self.inner.admit(claim, limits))
+    }
+
+    fn refresh_claim(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.time(StoreOp::Admit, self.inner.refresh_claim(claim))
+    }
+
+    fn release(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.time(StoreOp::Admit, self.inner.release(claim))
+    }
+
+    fn claims(&self) -> BoxFuture<'_, Result<Vec<ClaimInfo>, StoreError>> {
+        self.time(StoreOp::List, self.inner.claims())
+    }
+
+    fn add_length(
+        &self,
+        route: String,
+        model: String,
+        total: u64,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.time(StoreOp::History, self.inner.add_length(route, model, total, keep))
+    }
+
+    fn lengths(
+        &self,
+        route: String,
+        model: String,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<Vec<u64>, StoreError>> {
+        self.time(StoreOp::History, self.inner.lengths(route, model, keep))
+    }
+
+    fn shared_secret(
+        &self,
+        name: &'static str,
+        proposed: [u8; 16],
+    ) -> BoxFuture<'_, Result<[u8; 16], StoreError>> {
+        self.time(StoreOp::Key, self.inner.shared_secret(name, proposed))
+    }
+
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.time(StoreOp::Admit, self.inner.follow(id, token, max))
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.time(StoreOp::Admit, self.inner.refresh_follow(id, token))
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.time(StoreOp::Admit, self.inner.unfollow(id, token))
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod registry;
 
-pub use registry::{Registry, Rejected, Slot, StreamInfo};
+pub use registry::{Registry, Rejected, RemoteFollower, Slot, StreamInfo};
 
 use crate::identity::Owner;
 use crate::ids::StreamId;

@@ -50,7 +50,10 @@ impl Rejected {
 pub struct StreamInfo {
     /// Stream id.
     pub id: String,
-    /// `running`, `detached` or `finished`.
+    /// The replica reading it.
+    pub replica: String,
+    /// `running`, `detached` or `finished` (`starting` for another replica's stream whose backend
+    /// has not answered yet).
     pub state: &'static str,
     /// Outcome, when finished.
     pub outcome: Option<&'static str>,
@@ -58,12 +61,12 @@ pub struct StreamInfo {
     pub route: String,
     /// Model name.
     pub model: String,
-    /// Tokens so far.
-    pub tokens: u64,
-    /// Connections attached.
-    pub connections: usize,
+    /// Tokens so far (unknown for another replica's stream).
+    pub tokens: Option<u64>,
+    /// Connections attached (to the replica reading it).
+    pub connections: Option<usize>,
     /// Seconds since start.
-    pub age_seconds: f64,
+    pub age_seconds: Option<f64>,
     /// Bytes its log holds.
     pub bytes: usize,
     /// Last event seq.
@@ -75,6 +78,34 @@ struct Inner {
     streams: HashMap<StreamId, Arc<Stream>>,
     running: usize,
     running_by_owner: HashMap<Owner, usize>,
+    /// Connections of this process following, from the store, streams another replica reads.
+    remote_followers: HashMap<StreamId, usize>,
+}
+
+/// A connection following a stream another replica reads; counted against `max_followers` until
+/// dropped.
+pub struct RemoteFollower {
+    registry: Arc<Registry>,
+    id: StreamId,
+}
+
+impl RemoteFollower {
+    /// The stream followed.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+}
+
+impl Drop for RemoteFollower {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if let Some(n) = inner.remote_followers.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.remote_followers.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// The registry of streams.
@@ -174,17 +205,50 @@ impl Registry {
             return Err(Rejected::MaxStreams);
         }
         if let Some(o) = owner {
-            let n = inner.running_by_owner.entry(o).or_insert(0);
-            if *n >= self.max_per_owner {
+            if inner
+                .running_by_owner
+                .get(&o)
+                .is_some_and(|n| *n >= self.max_per_owner)
+            {
                 return Err(Rejected::MaxStreamsPerIdentity);
             }
-            *n += 1;
+        }
+        Ok(self.count(&mut inner, owner))
+    }
+
+    /// A running-stream slot for `owner` the stream store admitted: counted here, not checked.
+    pub fn hold(self: &Arc<Self>, owner: Option<Owner>) -> Slot {
+        let mut inner = self.lock();
+        self.count(&mut inner, owner)
+    }
+
+    fn count(self: &Arc<Self>, inner: &mut Inner, owner: Option<Owner>) -> Slot {
+        if let Some(o) = owner {
+            *inner.running_by_owner.entry(o).or_insert(0) += 1;
         }
         inner.running += 1;
         self.metrics.streams_active.set(inner.running as f64);
-        Ok(Slot {
+        Slot {
             registry: self.clone(),
             owner,
+        }
+    }
+
+    /// Counts a connection of this process following stream `id` from the store, unless `max`
+    /// already do.
+    pub fn follow_remote(self: &Arc<Self>, id: StreamId, max: usize) -> Option<RemoteFollower> {
+        let mut inner = self.lock();
+        let n = inner.remote_followers.entry(id).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                inner.remote_followers.remove(&id);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(RemoteFollower {
+            registry: self.clone(),
+            id,
         })
     }
 
@@ -284,8 +348,8 @@ impl Registry {
         self.metrics.streams_detached.set(detached as f64);
     }
 
-    /// Snapshot for `/streams`, newest first.
-    pub fn list(&self, now: Instant) -> Vec<StreamInfo> {
+    /// Snapshot for `/streams`, newest first; `replica` is this process's name.
+    pub fn list(&self, now: Instant, replica: &str) -> Vec<StreamInfo> {
         let streams: Vec<Arc<Stream>> = self.lock().streams.values().cloned().collect();
         let mut out: Vec<StreamInfo> = streams
             .iter()
@@ -297,19 +361,24 @@ impl Registry {
                 };
                 StreamInfo {
                     id: s.id.to_string(),
+                    replica: replica.to_owned(),
                     state,
                     outcome,
                     route: s.route.to_string(),
                     model: s.model.clone(),
-                    tokens: s.tokens(),
-                    connections: s.followers(),
-                    age_seconds: now.saturating_duration_since(s.started).as_secs_f64(),
+                    tokens: Some(s.tokens()),
+                    connections: Some(s.followers()),
+                    age_seconds: Some(now.saturating_duration_since(s.started).as_secs_f64()),
                     bytes: s.log.bytes(),
                     last_seq: s.log.last_seq(),
                 }
             })
             .collect();
-        out.sort_by(|a, b| a.age_seconds.total_cmp(&b.age_seconds));
+        out.sort_by(|a, b| {
+            a.age_seconds
+                .unwrap_or(0.0)
+                .total_cmp(&b.age_seconds.unwrap_or(0.0))
+        });
         out
     }
 
@@ -361,6 +430,34 @@ mod tests {
         assert_eq!(r.reserve(Some(Owner::test(2))).err(), Some(Rejected::MaxStreams));
         drop(s1);
         drop(s2);
+        assert_eq!(r.running(), 0);
+        assert!(r.reserve(Some(a)).is_ok());
+    }
+
+    #[test]
+    fn remote_followers_are_counted_per_stream_until_dropped() {
+        let r = registry(1 << 20);
+        let (id, other) = (StreamId::random(), StreamId::random());
+        let f1 = r.follow_remote(id, 2).expect("first");
+        let f2 = r.follow_remote(id, 2).expect("second");
+        assert!(r.follow_remote(id, 2).is_none(), "a third of the same stream");
+        assert!(r.follow_remote(other, 2).is_some(), "another stream counts apart");
+        drop(f1);
+        let f3 = r.follow_remote(id, 2).expect("a place came back");
+        drop((f2, f3));
+        assert!(r.lock().remote_followers.is_empty(), "nothing left behind");
+        assert!(r.follow_remote(id, 0).is_none());
+        assert!(r.lock().remote_followers.is_empty());
+    }
+
+    #[test]
+    fn held_slots_are_counted_but_not_checked() {
+        let r = registry(1 << 20);
+        let a = Owner::test(1);
+        let held: Vec<_> = (0..3).map(|_| r.hold(Some(a))).collect();
+        assert_eq!(r.running(), 3, "the store admitted them");
+        assert_eq!(r.reserve(None).err(), Some(Rejected::MaxStreams));
+        drop(held);
         assert_eq!(r.running(), 0);
         assert!(r.reserve(Some(a)).is_ok());
     }

@@ -12,10 +12,14 @@
 //! forever), a finished one's `retention` from its finish. Waits share one reader connection that
 //! tails every stream waited on (`tail`), whatever the number of waiters.
 
+mod cluster;
 mod scripts;
 mod tail;
 
-use super::{Batch, BoxFuture, Meta, NewStream, Read, State, Store, StoreError, StoreSettings, Trim, Wait};
+use super::{
+    Admission, AdmitLimits, Batch, BoxFuture, Claim, ClaimInfo, Meta, NewStream, Read, State, Store,
+    StoreError, StoreSettings, Trim, Wait,
+};
 use crate::identity::Owner;
 use crate::ids::StreamId;
 use crate::stream::Outcome;
@@ -432,6 +436,65 @@ impl Store for RedisStore {
 
     fn remove(&self, id: StreamId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.remove_now(id))
+    }
+
+    fn admit(&self, claim: Claim, limits: AdmitLimits) -> BoxFuture<'_, Result<Admission, StoreError>> {
+        Box::pin(self.admit_now(claim, limits))
+    }
+
+    fn refresh_claim(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.refresh_claim_now(claim))
+    }
+
+    fn release(&self, claim: Claim) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.release_now(claim))
+    }
+
+    fn claims(&self) -> BoxFuture<'_, Result<Vec<ClaimInfo>, StoreError>> {
+        Box::pin(self.claims_now())
+    }
+
+    fn add_length(
+        &self,
+        route: String,
+        model: String,
+        total: u64,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.add_length_now(route, model, total, keep))
+    }
+
+    fn lengths(
+        &self,
+        route: String,
+        model: String,
+        keep: usize,
+    ) -> BoxFuture<'_, Result<Vec<u64>, StoreError>> {
+        Box::pin(self.lengths_now(route, model, keep))
+    }
+
+    fn shared_secret(
+        &self,
+        name: &'static str,
+        proposed: [u8; 16],
+    ) -> BoxFuture<'_, Result<[u8; 16], StoreError>> {
+        Box::pin(self.shared_secret_now(name, proposed))
+    }
+
+    fn follow(&self, id: StreamId, token: u64, max: usize) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(self.follow_now(id, token, Some(max)))
+    }
+
+    fn refresh_follow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.follow_now(id, token, None).await.map(drop) })
+    }
+
+    fn unfollow(&self, id: StreamId, token: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.unfollow_now(id, token))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
