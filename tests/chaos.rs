@@ -10,24 +10,36 @@ use common::*;
 
 const STREAMS: usize = 200;
 
+/// The two runs load the machine fully: one at a time, so neither times the other out.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_streams_survive_random_cuts() {
+    let _one = one_at_a_time();
     let up = chaos::upstream().await;
     let p = proxy(up.addr, |_| {}).await;
-    chaos::run(p.addr, &up, STREAMS).await;
+    chaos::run(p.addr, &up, STREAMS, chaos::Tolerance::Strict).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_streams_survive_random_cuts_across_two_replicas_on_redis() {
+    let _one = one_at_a_time();
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let up = chaos::upstream().await;
-    let cfg = redis_config(up.addr, &redis.url(), "5s", "5s");
+    // A lease far longer than any stall a loaded CI machine causes: this test is about content, and
+    // a lease that lapses under CPU starvation ends answers with upstream_lost (tests/deploys.rs
+    // covers that on purpose).
+    let cfg = redis_config(up.addr, &redis.url(), "5s", "30s");
     let a = ProxyProcess::start(&["--config", cfg.path()]).await;
     let b = ProxyProcess::start(&["--config", cfg.path()]).await;
     let lb = Balancer::start(&[a.addr, b.addr]).await;
-    let cuts = chaos::run(lb.addr, &up, STREAMS).await;
+    let cuts = chaos::run(lb.addr, &up, STREAMS, chaos::Tolerance::StoreRetries).await;
     // Round robin: every client's resumes went to both replicas.
     assert!(lb.served(a.addr) > cuts / 4 && lb.served(b.addr) > cuts / 4);
 }
