@@ -11,15 +11,11 @@ use common::*;
 const STREAMS: usize = 200;
 
 /// The two runs load the machine fully: one at a time, so neither times the other out.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_streams_survive_random_cuts() {
-    let _one = one_at_a_time();
+    let _one = ONE_AT_A_TIME.lock().await;
     let up = chaos::upstream().await;
     let p = proxy(up.addr, |_| {}).await;
     chaos::run(p.addr, &up, STREAMS, chaos::Tolerance::Strict).await;
@@ -27,7 +23,7 @@ async fn hundreds_of_streams_survive_random_cuts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_streams_survive_random_cuts_across_two_replicas_on_redis() {
-    let _one = one_at_a_time();
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(redis) = RedisServer::start() else {
         return;
     };
