@@ -106,7 +106,7 @@ test('heartbeat comments keep the watchdog quiet', async (t) => {
   const server = await listen(async (req, res) => {
     sseHead(res, 'H');
     for (let i = 0; i < 10; i++) {
-      res.write(': heartbeat\n\n');
+      res.write(': heartbeat\n');
       await sleep(30);
     }
     res.end(frame({ id: 'H:1', data: '{"content":"x","batch_size":1}' }) + frame({ id: 'H:2', event: 'done', data: '{}' }));
