@@ -6,8 +6,9 @@
 //! stream it reads itself, or the stream store for a stream another replica reads.
 //!
 //! When the process shuts down and another replica can serve the stream from a shared store, the
-//! cursor hands its client off: it writes what the store already has, then a short `retry:`, and
-//! ends the body, so the client resumes elsewhere from its last event.
+//! cursor hands its client off: it writes what the store already has, then a short `retry:` line
+//! (no blank line after it, so no client reads an empty event), and ends the body, so the client
+//! resumes elsewhere from its last event.
 
 use crate::http_util::ProxyBody;
 use crate::ids::StreamId;
@@ -159,7 +160,8 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// A cursor that first writes `preamble` (the `retry:` line), then the events after `after`;
+    /// A cursor that first writes `preamble` (the `retry:` line, a field of the first event or
+    /// heartbeat-then-event that follows), then the events after `after`;
     /// it counts heartbeats and evictions into `metrics`.
     pub fn new(
         follower: Follower,
