@@ -123,7 +123,7 @@ token_path = "/content"
           await read(`${relay.url}/api/question/stream?question=${encodeURIComponent(`${name}-${seed}`)}`, seen);
           const inside = relay.cuts.filter((c) => c.insideEvent).length;
           const lost = FULL.length - seen.text.length;
-          if (process.env.INTEROP_VERBOSE) console.error(name, seed, relay.cuts.length, inside, lost, seen.empties, seen.connections);
+          if (process.env.INTEROP_VERBOSE) console.error(name, seed, relay.cuts.length, inside, relay.cuts.filter((c) => c.moved).length, lost, seen.empties, seen.connections);
           assert.ok(relay.cuts.length >= 10, `seed ${seed}: only ${relay.cuts.length} cuts`);
           assert.ok(inside >= 5, `seed ${seed}: only ${inside} cuts inside an event`);
           assert.equal(

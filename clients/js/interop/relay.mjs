@@ -23,7 +23,7 @@ const ID_LINE_END = /\nid: [^\n]*\n$/;
  * 1..`maxCut` bytes of its response body (headers always pass). With `avoidIdLineEnd`, a cut that
  * would fall on the single byte between an `id:` line and its event's blank line moves one byte on
  * (see PROTOCOL.md: a client that takes the id when it reads the line loses the event there).
- * `cuts` records each cut: { offset, insideEvent }.
+ * `cuts` records each cut: { offset, insideEvent, moved }.
  */
 export async function cuttingRelay(target, { seed = 1, maxCut = 240, avoidIdLineEnd = false } = {}) {
   const random = rng(seed);
@@ -59,11 +59,10 @@ export async function cuttingRelay(target, { seed = 1, maxCut = 240, avoidIdLine
         return;
       }
       let sent = Buffer.concat([body, chunk.subarray(0, room)]);
-      if (avoidIdLineEnd && ID_LINE_END.test(sent.toString('latin1')) && room < chunk.length) {
-        sent = Buffer.concat([body, chunk.subarray(0, room + 1)]);
-      }
+      const moved = avoidIdLineEnd && ID_LINE_END.test(sent.toString('latin1')) && room < chunk.length;
+      if (moved) sent = Buffer.concat([body, chunk.subarray(0, room + 1)]);
       const text = sent.toString('latin1');
-      cuts.push({ offset: sent.length, insideEvent: !/\n\n(\r\n)?$/.test(text) });
+      cuts.push({ offset: sent.length, insideEvent: !/\n\n(\r\n)?$/.test(text), moved });
       client.end(sent.subarray(body.length), () => drop());
       upstream.pause();
       cutAt = Infinity;
