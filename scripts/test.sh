@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of sse-proxy: Rust unit and integration tests (against in-process mocks and the
 # reference FastAPI backend as a real uvicorn process), the backend's own tests, the JavaScript
-# client's tests against the real proxy, and the end-to-end tests in headless Chromium.
+# client's tests against the real proxy, third-party SSE clients (httpx-sse in the backend's venv,
+# the eventsource and fetch-event-source npm packages in clients/js/interop) against the real proxy,
+# and the end-to-end tests in headless Chromium.
 #
 # Needs: cargo, python3 (3.11), node >= 20.19 with npm (Vite for the Vue example app), and Debian's chromium for the browser tests
 # (.ci/run installs it). By hand, SSE_PROXY_SKIP_BROWSER=1 skips the browser tests on a machine
@@ -49,6 +51,9 @@ export SSE_PROXY_BIN
 echo "proxy binary: $SSE_PROXY_BIN"
 cargo test
 
+step "third-party clients: httpx-sse against the real proxy"
+"$SSE_PROXY_PYTHON" -m pytest -q -p no:cacheprovider tests/python
+
 # node's TAP report goes to a file beside the usual output; a skipped or todo test or suite (node
 # counts a skipped suite in no total) fails the run.
 no_skips() {
@@ -71,6 +76,12 @@ step "JavaScript client: build check and tests against the real proxy"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 (cd clients/js && NODE_OPTIONS="$(reporters "$tap_dir/unit.tap")" npm test)
 no_skips "$tap_dir/unit.tap" "npm test"
+
+step "third-party clients: eventsource and fetch-event-source through a cutting relay"
+# Pinned in clients/js/interop/package-lock.json, installed apart from the client's own dependencies.
+(cd clients/js/interop && npm ci --no-audit --no-fund --loglevel=error)
+(cd clients/js/interop && NODE_OPTIONS="$(reporters "$tap_dir/interop.tap")" npm test)
+no_skips "$tap_dir/interop.tap" "interop npm test"
 
 browser=run
 if [ "${SSE_PROXY_SKIP_BROWSER:-0}" = "1" ]; then

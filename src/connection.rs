@@ -6,8 +6,9 @@
 //! stream it reads itself, or the stream store for a stream another replica reads.
 //!
 //! When the process shuts down and another replica can serve the stream from a shared store, the
-//! cursor hands its client off: it writes what the store already has, then a short `retry:`, and
-//! ends the body, so the client resumes elsewhere from its last event.
+//! cursor hands its client off: it writes what the store already has, then a short `retry:` line
+//! (no blank line after it, so no client reads an empty event), and ends the body, so the client
+//! resumes elsewhere from its last event.
 
 use crate::cluster::Following;
 use crate::http_util::ProxyBody;
@@ -180,7 +181,8 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// A cursor that first writes `preamble` (the `retry:` line), then the events after `after`;
+    /// A cursor that first writes `preamble` (the `retry:` line, a field of the first event or
+    /// heartbeat-then-event that follows), then the events after `after`;
     /// it counts heartbeats and evictions into `metrics`.
     pub fn new(
         follower: Follower,
@@ -372,7 +374,7 @@ mod tests {
             Cursor::new(
                 f,
                 0,
-                Bytes::from_static(b"retry: 1000\n\n"),
+                Bytes::from_static(b"retry: 1000\n"),
                 settings,
                 Arc::new(Metrics::noop()),
             ),
@@ -386,7 +388,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn preamble_then_coalesced_events_then_end() {
         let (stream, mut c) = setup(1 << 20);
-        assert_eq!(s(c.next_chunk().await), "retry: 1000\n\n");
+        assert_eq!(s(c.next_chunk().await), "retry: 1000\n");
         stream.log.append(None, "a");
         stream.log.append(None, "b");
         let chunk = s(c.next_chunk().await);
@@ -400,14 +402,14 @@ mod tests {
         let (stream, mut c) = setup(1 << 20);
         c.next_chunk().await;
         let t0 = Instant::now();
-        assert_eq!(s(c.next_chunk().await), ": heartbeat\n\n");
+        assert_eq!(s(c.next_chunk().await), ": heartbeat\n");
         assert_eq!(Instant::now() - t0, Duration::from_secs(15));
         // A write resets the idle clock.
         tokio::time::advance(Duration::from_secs(10)).await;
         stream.log.append(None, "x");
         c.next_chunk().await;
         let t1 = Instant::now();
-        assert_eq!(s(c.next_chunk().await), ": heartbeat\n\n");
+        assert_eq!(s(c.next_chunk().await), ": heartbeat\n");
         assert_eq!(Instant::now() - t1, Duration::from_secs(15));
     }
 
@@ -498,7 +500,7 @@ mod tests {
             Cursor::remote(
                 remote,
                 after,
-                Bytes::from_static(b"retry: 1000\n\n"),
+                Bytes::from_static(b"retry: 1000\n"),
                 settings,
                 metrics,
             )
@@ -510,10 +512,11 @@ mod tests {
             let id = written(&*store, 3).await;
             let stop = CancellationToken::new();
             let mut c = cursor(store.clone(), id, 1, &stop);
-            assert_eq!(s(c.next_chunk().await), "retry: 1000\n\n");
+            assert_eq!(s(c.next_chunk().await), "retry: 1000\n");
             let chunk = s(c.next_chunk().await);
             assert!(
-                chunk.contains(":2\ndata: t2") && chunk.contains(":3\ndata: t3"),
+                chunk.contains(&format!("data: t2\nid: {id}:2\n\n"))
+                    && chunk.contains(&format!("data: t3\nid: {id}:3\n\n")),
                 "{chunk}"
             );
             assert!(!chunk.contains("t1"));
@@ -524,7 +527,7 @@ mod tests {
             });
             assert!(s(c.next_chunk().await).contains("data: t4"));
             let t0 = Instant::now();
-            assert_eq!(s(c.next_chunk().await), ": heartbeat\n\n");
+            assert_eq!(s(c.next_chunk().await), ": heartbeat\n");
             assert_eq!(Instant::now() - t0, Duration::from_secs(15));
             let done = protocol::encode_frame(&id.to_string(), 5, Some("done"), "{}");
             let kept = store
@@ -550,10 +553,8 @@ mod tests {
                 chunk = s(c.next_chunk().await);
             }
             assert!(Instant::now() - t0 <= 2 * LEASE, "{:?}", Instant::now() - t0);
-            assert!(
-                chunk.starts_with(&format!("id: {id}:3\nevent: error\n")),
-                "{chunk}"
-            );
+            assert!(chunk.starts_with("event: error\n"), "{chunk}");
+            assert!(chunk.ends_with(&format!("\nid: {id}:3\n\n")), "{chunk}");
             assert!(chunk.contains("\"code\":\"upstream_lost\""), "{chunk}");
             assert!(chunk.contains("\"recoverable\":false"), "{chunk}");
             assert!(c.next_chunk().await.is_none());
@@ -675,7 +676,7 @@ mod tests {
             });
             assert_eq!(
                 s(c.next_chunk().await),
-                "retry: 250\n\n",
+                "retry: 250\n",
                 "come back soon, elsewhere"
             );
             assert!(c.next_chunk().await.is_none());

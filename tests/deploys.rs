@@ -120,9 +120,12 @@ async fn sigterm_moves_every_running_answer_to_another_replica_without_loss() {
             out.responses.len() >= 2,
             "answer {n}: its client was not sent to another replica"
         );
+        for r in &out.responses {
+            wire::assert_every_client_reads(r, Some(1000));
+        }
         let first = String::from_utf8_lossy(&out.responses[0]);
         assert!(
-            first.ends_with("retry: 250\n\n"),
+            first.ends_with("retry: 250\n"),
             "answer {n}: A's response ends by asking to come back soon: {first:?}"
         );
     }

@@ -119,7 +119,7 @@ async fn blocking_reads_share_one_connection() {
     let clients = info_clients(&server, "connected_clients").await;
     assert!(clients <= 3, "{clients} connections for {STREAMS} waiters");
     for id in &ids {
-        let frame = Bytes::from(format!("id: {id}:1\ndata: t\n\n"));
+        let frame = Bytes::from(format!("data: t\nid: {id}:1\n\n"));
         store
             .append(*id, Batch::new(1, vec![frame]))
             .await
@@ -184,7 +184,7 @@ async fn a_redis_that_goes_away_fails_operations_quickly_and_is_used_again_once_
         assert!(Instant::now() < deadline, "no blocking read after the restart");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let frame = Bytes::from(format!("id: {id}:1\ndata: t\n\n"));
+    let frame = Bytes::from(format!("data: t\nid: {id}:1\n\n"));
     store
         .append(id, Batch::new(1, vec![frame]))
         .await

@@ -29,7 +29,7 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
     let mut evs = Events::new(resp);
     let events = evs.all().await;
     assert!(
-        evs.raw.starts_with(b"retry: 1000\n\n"),
+        evs.raw.starts_with(b"retry: 1000\n"),
         "{:?}",
         String::from_utf8_lossy(&evs.raw[..40])
     );
@@ -39,6 +39,7 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
         .all(|e| e.id.as_deref().is_some_and(|i| i.starts_with(&sid))));
     assert_eq!(text_of(&events), tokens.concat());
     assert_thinking_then_done(&events);
+    wire::assert_every_client_reads(&evs.raw, Some(1000));
     let batches: Vec<u64> = events
         .iter()
         .filter(|e| e.event == "message")
@@ -56,6 +57,30 @@ async fn content_arrives_exactly_with_gapless_ids_and_headers() {
         "identity",
         "stream answers must not be compressed"
     );
+}
+
+/// `retry:` rides in the first event, heartbeats are single comment lines and `id:` ends every
+/// event, so clients that dispatch at any blank line (`httpx-sse`, the `openai` SDKs) see no empty
+/// event and clients that take the id on reading its line (`fetch-event-source`) skip none when cut.
+#[tokio::test]
+async fn every_client_reads_the_wire_format_even_when_a_heartbeat_comes_first() {
+    let steps = vec![
+        Step::Sleep(ms(500)),
+        ev(Some("thinking"), r#"{"status":"on it"}"#),
+        tok("a"),
+        Step::Sleep(ms(500)),
+        tok("b"),
+        ev(Some("done"), "{}"),
+    ];
+    let up = MockUpstream::start(move |_, _| Reply::sse(steps.clone())).await;
+    let p = proxy(up.addr, |c| c.heartbeat.interval.0 = ms(150)).await;
+    let mut evs = Events::new(get(&format!("http://{}/stream", p.addr), &[]).await);
+    let events = evs.all().await;
+    assert_eq!(text_of(&events), "ab");
+    let raw = String::from_utf8_lossy(&evs.raw).into_owned();
+    assert!(raw.starts_with("retry: 1000\n: heartbeat\n"), "{raw:?}");
+    assert!(raw.contains("\n\n: heartbeat\n"), "{raw:?}");
+    wire::assert_every_client_reads(&evs.raw, Some(1000));
 }
 
 #[tokio::test]
@@ -118,8 +143,10 @@ async fn heartbeats_when_idle() {
     let events = evs.all().await;
     assert_eq!(text_of(&events), "ab");
     let raw = String::from_utf8_lossy(&evs.raw);
-    let beats = raw.matches(": heartbeat\n\n").count();
+    let beats = raw.matches(": heartbeat\n").count();
     assert!(beats >= 3, "expected heartbeats while idle, got {beats}: {raw}");
+    assert!(!raw.contains("heartbeat\n\n"), "a heartbeat block: {raw:?}");
+    wire::assert_every_client_reads(&evs.raw, Some(1000));
 }
 
 #[tokio::test]

@@ -320,7 +320,7 @@ mod tests {
         let id = &log.id;
         assert_eq!(
             t,
-            format!("id: {id}:1\ndata: a\n\nid: {id}:2\nevent: thinking\ndata: b\ndata: c\n\n")
+            format!("data: a\nid: {id}:1\n\nevent: thinking\ndata: b\ndata: c\nid: {id}:2\n\n")
         );
         assert_eq!(log.read_after(2, 100), Read::Pending);
         log.close();

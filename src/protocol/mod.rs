@@ -23,21 +23,27 @@ pub const EVENT_DONE: &str = "done";
 /// Event type of the terminal error of a stream or connection.
 pub const EVENT_ERROR: &str = "error";
 
-/// The comment written after the heartbeat interval without a write.
-pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+/// The comment line written after the heartbeat interval without a write: one line end and no
+/// blank line, which some clients would read as an empty event.
+pub const HEARTBEAT: &[u8] = b": heartbeat\n";
 
-/// The first bytes of every stream response: `retry: {ms}`, the client's reconnection delay.
+/// The first bytes of every stream response: the line `retry: {ms}` (the client's reconnection
+/// delay) with no blank line after it, so it is a field of the response's first event (comments
+/// in between are ignored) rather than an event of its own. At the end of a handed-off response
+/// it belongs to no event: the body ends before a blank line would dispatch one.
 pub fn retry_preamble(ms: u64) -> Bytes {
     let mut buf = BytesMut::new();
     sse::encode_retry(&mut buf, ms);
     buf.freeze()
 }
 
-/// One event of a stream's log, `id: {stream_id}:{seq}` first; `event` `None` is a `message`.
+/// One event of a stream's log, `id: {stream_id}:{seq}` last (after `event:` and `data:`);
+/// `event` `None` is a `message`.
 pub fn encode_frame(stream_id: &str, seq: u64, event: Option<&str>, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(stream_id.len() + data.len() + 48);
+    sse::encode_fields(&mut buf, event, data);
     event_id::put(&mut buf, stream_id, seq);
-    sse::encode_event(&mut buf, None, event, data);
+    buf.extend_from_slice(b"\n");
     buf.freeze()
 }
 
@@ -96,9 +102,9 @@ mod tests {
 
     #[test]
     fn preamble_and_heartbeat_bytes() {
-        assert_eq!(&retry_preamble(1000)[..], b"retry: 1000\n\n");
-        assert_eq!(&retry_preamble(0)[..], b"retry: 0\n\n");
-        assert_eq!(HEARTBEAT, b": heartbeat\n\n");
+        assert_eq!(&retry_preamble(1000)[..], b"retry: 1000\n");
+        assert_eq!(&retry_preamble(0)[..], b"retry: 0\n");
+        assert_eq!(HEARTBEAT, b": heartbeat\n");
     }
 
     #[test]
@@ -106,15 +112,15 @@ mod tests {
         let sid = "I1VXJqotTFkkycKPq4BGrA";
         assert_eq!(
             &encode_frame(sid, 1, None, r#"{"content":"a","batch_size":1}"#)[..],
-            &b"id: I1VXJqotTFkkycKPq4BGrA:1\ndata: {\"content\":\"a\",\"batch_size\":1}\n\n"[..]
+            &b"data: {\"content\":\"a\",\"batch_size\":1}\nid: I1VXJqotTFkkycKPq4BGrA:1\n\n"[..]
         );
         assert_eq!(
             &encode_frame(sid, 42, Some("thinking"), "b\nc")[..],
-            &b"id: I1VXJqotTFkkycKPq4BGrA:42\nevent: thinking\ndata: b\ndata: c\n\n"[..]
+            &b"event: thinking\ndata: b\ndata: c\nid: I1VXJqotTFkkycKPq4BGrA:42\n\n"[..]
         );
         assert_eq!(
             &encode_frame(sid, u64::MAX, Some(EVENT_MESSAGE), "")[..],
-            &b"id: I1VXJqotTFkkycKPq4BGrA:18446744073709551615\ndata: \n\n"[..]
+            &b"data: \nid: I1VXJqotTFkkycKPq4BGrA:18446744073709551615\n\n"[..]
         );
     }
 

@@ -558,7 +558,7 @@ mod tests {
         let mut cursor = Cursor::new(
             follower,
             0,
-            Bytes::from_static(b"retry: 1000\n\n"),
+            Bytes::from_static(b"retry: 1000\n"),
             cursor_settings,
             metrics,
         );
@@ -645,7 +645,7 @@ mod tests {
         let mut r = start(gate.clone(), 1 << 20);
         assert_eq!(
             &r.cursor.next_chunk().await.expect("preamble")[..],
-            b"retry: 1000\n\n"
+            b"retry: 1000\n"
         );
         r.send("a");
         until(|| r.stream.log.last_seq() == 1 && gate.waiting() == 1).await;
@@ -704,7 +704,7 @@ mod tests {
         shutdown.cancel();
         assert_eq!(
             &r.cursor.next_chunk().await.expect("the hand-off")[..],
-            b"retry: 250\n\n",
+            b"retry: 250\n",
             "after what the store has, come back soon"
         );
         assert!(r.cursor.next_chunk().await.is_none());

@@ -10,4 +10,4 @@ pub mod write;
 mod tests;
 
 pub use parse::{Event, ParseError, Parser, Text};
-pub use write::{encode_comment, encode_event, encode_retry};
+pub use write::{encode_comment, encode_event, encode_fields, encode_retry};

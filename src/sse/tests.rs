@@ -397,12 +397,12 @@ fn encode_event_frames() {
     assert_eq!(encoded(None, None, "hi"), "data: hi\n\n");
     assert_eq!(
         encoded(Some("s:1"), Some("progress"), "{}"),
-        "id: s:1\nevent: progress\ndata: {}\n\n"
+        "event: progress\ndata: {}\nid: s:1\n\n"
     );
     assert_eq!(encoded(None, Some("message"), "x"), "data: x\n\n");
     assert_eq!(encoded(None, Some(""), "x"), "data: x\n\n");
     assert_eq!(encoded(None, Some("\r\n"), "x"), "data: x\n\n");
-    assert_eq!(encoded(Some(""), None, "x"), "id: \ndata: x\n\n");
+    assert_eq!(encoded(Some(""), None, "x"), "data: x\nid: \n\n");
     assert_eq!(encoded(None, None, ""), "data: \n\n");
     assert_eq!(encoded(None, None, "\n"), "data: \ndata: \n\n");
     assert_eq!(encoded(None, None, "a\r"), "data: a\ndata: \n\n");
@@ -412,15 +412,21 @@ fn encode_event_frames() {
     );
     assert_eq!(encoded(None, None, " lead: x"), "data:  lead: x\n\n");
     assert_eq!(encoded(None, Some("x\r\ny\rz\n"), "d"), "event: xyz\ndata: d\n\n");
-    assert_eq!(encoded(Some("a\nb\0c\r"), None, "d"), "id: abc\ndata: d\n\n");
+    assert_eq!(encoded(Some("a\nb\0c\r"), None, "d"), "data: d\nid: abc\n\n");
 }
 
 #[test]
 fn encode_appends() {
-    let mut buf = BytesMut::from(&b"retry: 1\n\n"[..]);
-    encode_event(&mut buf, None, None, "a");
+    let mut buf = BytesMut::new();
+    encode_retry(&mut buf, 1);
     encode_comment(&mut buf, "hb");
-    assert_eq!(&buf[..], b"retry: 1\n\ndata: a\n\n: hb\n\n");
+    encode_event(&mut buf, Some("i"), None, "a");
+    encode_comment(&mut buf, "hb");
+    assert_eq!(&buf[..], b"retry: 1\n: hb\ndata: a\nid: i\n\n: hb\n");
+    // One event, which carries the retry; the comments dispatch nothing.
+    let out = run(&buf, &[], BIG);
+    assert_eq!(out.retry, Some(1));
+    assert_eq!(out.events.len(), 1);
 }
 
 #[test]
@@ -430,9 +436,9 @@ fn encode_comment_frames() {
         encode_comment(&mut buf, t);
         buf.freeze()
     };
-    assert_eq!(enc("heartbeat"), &b": heartbeat\n\n"[..]);
-    assert_eq!(enc("heart\r\nbeat\n\r"), &b": heartbeat\n\n"[..]);
-    assert_eq!(enc(""), &b": \n\n"[..]);
+    assert_eq!(enc("heartbeat"), &b": heartbeat\n"[..]);
+    assert_eq!(enc("heart\r\nbeat\n\r"), &b": heartbeat\n"[..]);
+    assert_eq!(enc(""), &b": \n"[..]);
     let out = run(&enc("data: x\n\ndata: y"), &[], BIG);
     assert!(out.events.is_empty());
     assert!(!out.discarded);
@@ -443,7 +449,7 @@ fn encode_retry_frames() {
     for ms in [0, 7, 10, 1000, 123_456_789, u64::MAX] {
         let mut buf = BytesMut::new();
         encode_retry(&mut buf, ms);
-        assert_eq!(buf, format!("retry: {ms}\n\n").as_bytes());
+        assert_eq!(buf, format!("retry: {ms}\n").as_bytes());
         let out = run(&buf, &[], BIG);
         assert_eq!(out.retry, Some(ms));
         assert!(out.events.is_empty());

@@ -11,6 +11,7 @@ pub mod process;
 pub mod raw;
 pub mod redis_server;
 pub mod tcp;
+pub mod wire;
 
 pub use client::*;
 

@@ -13,8 +13,11 @@ export interface UseEnhancedStreamingOptions {
     enableProgress?: boolean;
     /** Reconnect and resume on drops (default true). */
     enableReconnection?: boolean;
-    /** Called for every named event other than progress (thinking, sources, done, error, ...). */
-    onMetadata?: (type: string, data: unknown) => void;
+    /**
+     * Called for every named event other than progress (thinking, sources, done, error, ...) with one
+     * object: `{ type, ...data }` (an object's fields; other data as `data`), then the data as sent.
+     */
+    onMetadata?: (meta: MetadataEvent, data: unknown) => void;
     /** Backoff settings for reconnection. */
     backoff?: BackoffOptions;
     /** Expected heartbeat interval of the proxy in ms (default 15000). */
@@ -24,13 +27,34 @@ export interface UseEnhancedStreamingOptions {
     /** The proxy's `server.route_prefix` (default `/_sse-proxy`). */
     routePrefix?: string;
 }
+/** What `onMetadata` receives: the event type with the fields of its data. */
+export interface MetadataEvent {
+    /** The event type (wins over a `type` field of the data, which stays in the second argument). */
+    type: string;
+    [field: string]: unknown;
+}
+/** A progress report: the wire fields plus their camelCase names. */
+export interface ProgressState extends ProgressData {
+    /** `percent`: 0–100. */
+    percentageComplete: number;
+    /** `tokens_per_second`. */
+    tokensPerSecond: number;
+    /** `estimated_total`: the expected length of the answer in tokens. */
+    estimatedTotal: number;
+    /** `eta_ms`: the expected time to the end. */
+    etaMs: number;
+}
+/** `{ type, ...data }` for an object, `{ type, data }` for any other data. */
+export declare function metadataEvent(type: string, data: unknown): MetadataEvent;
+/** A progress event's data with the camelCase names beside the wire ones. */
+export declare function progressState(data: ProgressData): ProgressState;
 /** State of the connection before the first stream starts, or one of the client's states. */
 export type StreamingState = 'idle' | ConnectionState;
 /** Reactive streaming state and controls returned by {@link useEnhancedStreaming}. */
 export interface EnhancedStreaming {
     isStreaming: Ref<boolean>;
     streamContent: Ref<string>;
-    progress: Ref<ProgressData | null>;
+    progress: Ref<ProgressState | null>;
     metadata: Ref<Record<string, unknown>>;
     error: Ref<StreamErrorData | null>;
     connectionState: Ref<StreamingState>;

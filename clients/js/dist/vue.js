@@ -2,6 +2,22 @@
 /** Vue 3 composable wrapping {@link SseClient}. */
 import { getCurrentScope, onScopeDispose, ref, shallowRef } from 'vue';
 import { SseClient, } from './sse-client.js';
+/** `{ type, ...data }` for an object, `{ type, data }` for any other data. */
+export function metadataEvent(type, data) {
+    if (data !== null && typeof data === 'object' && !Array.isArray(data))
+        return { ...data, type };
+    return { type, data };
+}
+/** A progress event's data with the camelCase names beside the wire ones. */
+export function progressState(data) {
+    return {
+        ...data,
+        percentageComplete: data.percent,
+        tokensPerSecond: data.tokens_per_second,
+        estimatedTotal: data.estimated_total,
+        etaMs: data.eta_ms,
+    };
+}
 /** Streams an sse-proxy response into reactive refs. */
 export function useEnhancedStreaming(options = {}) {
     const isStreaming = ref(false);
@@ -74,7 +90,7 @@ export function useEnhancedStreaming(options = {}) {
             if (!isCurrent())
                 return;
             metadata.value = { ...metadata.value, [type]: data };
-            options.onMetadata?.(type, data);
+            options.onMetadata?.(metadataEvent(type, data), data);
         });
         current.on('error', (data) => {
             if (isCurrent())
@@ -84,7 +100,7 @@ export function useEnhancedStreaming(options = {}) {
             current.on('progress', (data) => {
                 if (!isCurrent())
                     return;
-                progress.value = data;
+                progress.value = progressState(data);
                 refreshStats();
             });
         }

@@ -22,8 +22,11 @@ export interface UseEnhancedStreamingOptions {
   enableProgress?: boolean;
   /** Reconnect and resume on drops (default true). */
   enableReconnection?: boolean;
-  /** Called for every named event other than progress (thinking, sources, done, error, ...). */
-  onMetadata?: (type: string, data: unknown) => void;
+  /**
+   * Called for every named event other than progress (thinking, sources, done, error, ...) with one
+   * object: `{ type, ...data }` (an object's fields; other data as `data`), then the data as sent.
+   */
+  onMetadata?: (meta: MetadataEvent, data: unknown) => void;
   /** Backoff settings for reconnection. */
   backoff?: BackoffOptions;
   /** Expected heartbeat interval of the proxy in ms (default 15000). */
@@ -34,6 +37,42 @@ export interface UseEnhancedStreamingOptions {
   routePrefix?: string;
 }
 
+/** What `onMetadata` receives: the event type with the fields of its data. */
+export interface MetadataEvent {
+  /** The event type (wins over a `type` field of the data, which stays in the second argument). */
+  type: string;
+  [field: string]: unknown;
+}
+
+/** A progress report: the wire fields plus their camelCase names. */
+export interface ProgressState extends ProgressData {
+  /** `percent`: 0–100. */
+  percentageComplete: number;
+  /** `tokens_per_second`. */
+  tokensPerSecond: number;
+  /** `estimated_total`: the expected length of the answer in tokens. */
+  estimatedTotal: number;
+  /** `eta_ms`: the expected time to the end. */
+  etaMs: number;
+}
+
+/** `{ type, ...data }` for an object, `{ type, data }` for any other data. */
+export function metadataEvent(type: string, data: unknown): MetadataEvent {
+  if (data !== null && typeof data === 'object' && !Array.isArray(data)) return { ...data, type };
+  return { type, data };
+}
+
+/** A progress event's data with the camelCase names beside the wire ones. */
+export function progressState(data: ProgressData): ProgressState {
+  return {
+    ...data,
+    percentageComplete: data.percent,
+    tokensPerSecond: data.tokens_per_second,
+    estimatedTotal: data.estimated_total,
+    etaMs: data.eta_ms,
+  };
+}
+
 /** State of the connection before the first stream starts, or one of the client's states. */
 export type StreamingState = 'idle' | ConnectionState;
 
@@ -41,7 +80,7 @@ export type StreamingState = 'idle' | ConnectionState;
 export interface EnhancedStreaming {
   isStreaming: Ref<boolean>;
   streamContent: Ref<string>;
-  progress: Ref<ProgressData | null>;
+  progress: Ref<ProgressState | null>;
   metadata: Ref<Record<string, unknown>>;
   error: Ref<StreamErrorData | null>;
   connectionState: Ref<StreamingState>;
@@ -63,7 +102,7 @@ export interface EnhancedStreaming {
 export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}): EnhancedStreaming {
   const isStreaming = ref(false);
   const streamContent = ref('');
-  const progress = shallowRef<ProgressData | null>(null);
+  const progress = shallowRef<ProgressState | null>(null);
   const metadata = shallowRef<Record<string, unknown>>({});
   const error = shallowRef<StreamErrorData | null>(null);
   const connectionState = ref<StreamingState>('idle');
@@ -130,7 +169,7 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
     current.on('metadata', (type, data) => {
       if (!isCurrent()) return;
       metadata.value = { ...metadata.value, [type]: data };
-      options.onMetadata?.(type, data);
+      options.onMetadata?.(metadataEvent(type, data), data);
     });
     current.on('error', (data) => {
       if (isCurrent()) error.value = data;
@@ -138,7 +177,7 @@ export function useEnhancedStreaming(options: UseEnhancedStreamingOptions = {}):
     if (options.enableProgress !== false) {
       current.on('progress', (data) => {
         if (!isCurrent()) return;
-        progress.value = data;
+        progress.value = progressState(data);
         refreshStats();
       });
     }

@@ -69,6 +69,31 @@ test('dropConnection resumes with Last-Event-ID and drops replayed duplicates', 
   );
 });
 
+test('a hand-off (retry: 250 and no blank line at the end) resumes from the last event with no empty event', async (t) => {
+  const events = tokenEvents('H', TOKENS);
+  const half = Math.floor(events.length / 2);
+  const server = await listen((req, res) => {
+    sseHead(res, 'H');
+    const last = req.headers['last-event-id'];
+    if (!last) {
+      // A heartbeat before the first event, then half the answer, then the stopping replica's line.
+      res.end(`: heartbeat\n${events.slice(0, half).map(frame).join('')}retry: 250\n`);
+      return;
+    }
+    res.end(events.slice(Number(last.split(':').pop())).map(frame).join(''));
+  });
+  t.after(server.close);
+  const client = new SseClient(`${server.url}/s`);
+  const empty = [];
+  client.on('event', (e) => e.data === '' && empty.push(e));
+  const result = await client.start();
+  assert.equal(result.reason, 'done');
+  assert.equal(result.text, FULL);
+  assert.deepEqual(empty, []);
+  assert.equal(server.requests.length, 2);
+  assert.equal(server.requests[1].headers['last-event-id'], `H:${half}`);
+});
+
 test('a sequence gap is reported with expected and got', async (t) => {
   const server = await resumableServer({ events: tokenEvents('S', TOKENS), intervalMs: 2, skip: 2 });
   t.after(server.close);
@@ -106,7 +131,7 @@ test('heartbeat comments keep the watchdog quiet', async (t) => {
   const server = await listen(async (req, res) => {
     sseHead(res, 'H');
     for (let i = 0; i < 10; i++) {
-      res.write(': heartbeat\n\n');
+      res.write(': heartbeat\n');
       await sleep(30);
     }
     res.end(frame({ id: 'H:1', data: '{"content":"x","batch_size":1}' }) + frame({ id: 'H:2', event: 'done', data: '{}' }));

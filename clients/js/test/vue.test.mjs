@@ -20,7 +20,7 @@ test('fills the reactive state from a stream, sending the given headers', async 
   const server = await resumableServer({ events: tokenEvents('V', TOKENS), intervalMs: 1 });
   t.after(server.close);
   const metadata = [];
-  const { s, scope } = mount({ onMetadata: (type) => metadata.push(type), backoff: { baseMs: 5 } });
+  const { s, scope } = mount({ onMetadata: (meta, data) => metadata.push([meta, data]), backoff: { baseMs: 5 } });
   t.after(() => scope.stop());
   assert.equal(s.connectionState.value, 'idle');
   const running = s.startStreaming(`${server.url}/s`, { Authorization: 'Bearer v' });
@@ -30,8 +30,12 @@ test('fills the reactive state from a stream, sending the given headers', async 
   assert.equal(s.isStreaming.value, false);
   assert.equal(s.connectionState.value, 'closed');
   assert.equal(s.progress.value.percent, 100);
+  assert.equal(s.progress.value.percentageComplete, 100, 'camelCase beside the wire names');
   assert.deepEqual(s.metadata.value.thinking, { text: 'hmm' });
-  assert.deepEqual(metadata, ['thinking', 'done']);
+  assert.deepEqual(metadata, [
+    [{ type: 'thinking', text: 'hmm' }, { text: 'hmm' }],
+    [{ type: 'done', total_tokens: TOKENS.length }, { total_tokens: TOKENS.length }],
+  ]);
   assert.equal(s.error.value, null);
   assert.deepEqual(s.stats.value, result.stats);
   assert.equal(server.requests[0].headers.authorization, 'Bearer v');

@@ -26,11 +26,11 @@ export async function listen(handler) {
   };
 }
 
-/** Formats one event as the proxy does. */
+/** Formats one event as the proxy does: `event:`, `data:` lines, then `id:` last. */
 export function frame({ id, event, data }) {
-  let out = id ? `id: ${id}\n` : '';
-  if (event) out += `event: ${event}\n`;
+  let out = event ? `event: ${event}\n` : '';
   for (const line of data.split('\n')) out += `data: ${line}\n`;
+  if (id) out += `id: ${id}\n`;
   return out + '\n';
 }
 
@@ -39,7 +39,8 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /** SSE response headers of the proxy. */
 export function sseHead(res, streamId) {
   res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', 'X-Stream-Id': streamId });
-  res.write('retry: 1000\n\n');
+  // A field of the first event, as the proxy sends it: no blank line of its own.
+  res.write('retry: 1000\n');
 }
 
 /** A proxy-like stream of token batches + progress + done, resumable with Last-Event-ID. */
