@@ -49,6 +49,9 @@ export SSE_PROXY_BIN
 echo "proxy binary: $SSE_PROXY_BIN"
 cargo test
 
+step "OpenAI Python SDK through the proxy (emit = \"openai\")"
+(cd examples/fastapi-backend && .venv/bin/python -m pytest -q test_openai_sdk.py)
+
 # node's TAP report goes to a file beside the usual output; a skipped or todo test or suite (node
 # counts a skipped suite in no total) fails the run.
 no_skips() {
