@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of sse-proxy: Rust unit and integration tests (against in-process mocks and the
 # reference FastAPI backend as a real uvicorn process), the backend's own tests, the JavaScript
-# client's tests against the real proxy, and the end-to-end tests in headless Chromium.
+# client's tests against the real proxy, third-party OpenAI clients (Python and npm, pinned)
+# against an `emit = "openai"` route, and the end-to-end tests in headless Chromium.
 #
 # Needs: cargo, python3 (3.11), node >= 20.19 with npm (Vite for the Vue example app), and Debian's chromium for the browser tests
 # (.ci/run installs it). By hand, SSE_PROXY_SKIP_BROWSER=1 skips the browser tests on a machine
@@ -74,6 +75,11 @@ step "JavaScript client: build check and tests against the real proxy"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error)
 (cd clients/js && NODE_OPTIONS="$(reporters "$tap_dir/unit.tap")" npm test)
 no_skips "$tap_dir/unit.tap" "npm test"
+
+step "OpenAI clients (openai npm package, Vercel AI SDK) through the proxy (emit = \"openai\")"
+(cd clients/js/interop-openai && npm ci --no-audit --no-fund --loglevel=error)
+(cd clients/js/interop-openai && NODE_OPTIONS="$(reporters "$tap_dir/interop-openai.tap")" npm test)
+no_skips "$tap_dir/interop-openai.tap" "interop-openai npm test"
 
 browser=run
 if [ "${SSE_PROXY_SKIP_BROWSER:-0}" = "1" ]; then
