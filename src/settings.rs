@@ -257,6 +257,7 @@ token_event = "token"
 token_path = "/choices/0/text"
 terminal_events = ["end", "stop"]
 model_from = "header:x-model"
+emit = "openai"
 
 [[stream]]
 path = "/a/*"
@@ -271,10 +272,15 @@ path = "/a/*"
         );
         assert_eq!(exact.reader.terminal_events, ["end", "stop"]);
         assert!(matches!(exact.model_from, Some(ModelSource::Header(_))));
+        assert_eq!(exact.emit, Dialect::OpenAi);
+        assert_eq!(s.dialect_of("/a/exact"), Dialect::OpenAi);
         let prefix = s.route("/a/other").expect("prefix route");
         assert_eq!(&**prefix.label(), "/a/*");
         assert_eq!(prefix.reader.token_event, "message");
         assert_eq!(prefix.reader.token_path, None);
+        assert_eq!(prefix.emit, Dialect::Native);
+        assert_eq!(s.dialect_of("/a/*"), Dialect::Native);
+        assert_eq!(s.dialect_of("/gone"), Dialect::Native);
         assert!(s.route("/b").is_none());
     }
 

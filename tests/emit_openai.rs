@@ -209,3 +209,46 @@ async fn heartbeats_are_a_lone_comment_line() {
     assert!(raw.ends_with(": heartbeat\n"), "{raw}");
     assert!(!raw.contains(": heartbeat\n\n"), "{raw}");
 }
+
+#[tokio::test]
+async fn a_resume_on_another_replica_reads_the_same_dialect_from_the_store() {
+    use sse_proxy::store::{Handle, MemoryStore, StoreSettings};
+    use std::sync::Arc;
+    let lease = Duration::from_secs(5);
+    let store = Arc::new(MemoryStore::new(
+        StoreSettings {
+            max_stream_bytes: 2 << 20,
+            lease,
+            retention: Duration::from_secs(300),
+        },
+        256 << 20,
+    ));
+    let tokens = tricky_tokens(100);
+    let up = mock_answer(&tokens, ms(5)).await;
+    let replica = |store: Arc<MemoryStore>| {
+        let mut cfg = base_config(up.addr);
+        openai(&mut cfg);
+        proxy_on_store(cfg, Some(Handle::new(store, lease)))
+    };
+    let a = replica(store.clone()).await;
+    let b = replica(store.clone()).await;
+    let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
+    let sid = stream_id_of(&resp);
+    let mut all = Events::new(resp).take(3).await;
+    let last = all.last().and_then(|e| e.id.clone()).expect("id");
+    let resp = get(&format!("http://{}/stream", b.addr), &[("last-event-id", &last)]).await;
+    assert_eq!(resp.status(), 200);
+    let mut evs = Events::new(resp);
+    all.extend(evs.all().await);
+    let raw = String::from_utf8_lossy(&evs.raw).to_string();
+    assert!(
+        raw.starts_with("data: {"),
+        "no retry block from the other replica either: {raw:.80}"
+    );
+    assert!(
+        b.app.registry.get(&parse_stream_id(&sid)).is_none(),
+        "B only read the store"
+    );
+    assert_openai_shape(&all, &sid);
+    assert_eq!(content_of(&all), tokens.concat());
+}

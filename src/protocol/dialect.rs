@@ -38,14 +38,6 @@ impl Encoder for Native {
 }
 
 impl Dialect {
-    /// Its name in the config (`emit = "…"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dialect::Native => "native",
-            Dialect::OpenAi => "openai",
-        }
-    }
-
     /// A fresh encoder for one stream answering with `model`.
     pub fn encoder(self, model: &str) -> Box<dyn Encoder> {
         match self {
