@@ -30,7 +30,8 @@ pub fn event_stream_response(
         app.metrics.clone(),
     )
     .dialect(dialect);
-    if app.store.handoff {
+    // OpenAI clients do not reconnect by themselves: handed off, they would end without the rest.
+    if app.store.handoff && dialect == Dialect::Native {
         cursor = cursor.hand_off_on(app.shutdown.clone());
     }
     sse_response(id, cursor, span)
