@@ -3,7 +3,8 @@
 # reference FastAPI backend as a real uvicorn process), the backend's own tests, the JavaScript
 # client's tests against the real proxy, third-party SSE clients (httpx-sse in the backend's venv,
 # the eventsource and fetch-event-source npm packages in clients/js/interop) against the real proxy,
-# and the end-to-end tests in headless Chromium.
+# third-party OpenAI clients (Python and npm, pinned) against an `emit = "openai"` route, and the
+# end-to-end tests in headless Chromium.
 #
 # Needs: cargo, python3 (3.11), node >= 20.19 with npm (Vite for the Vue example app), and Debian's chromium for the browser tests
 # (.ci/run installs it). By hand, SSE_PROXY_SKIP_BROWSER=1 skips the browser tests on a machine
@@ -54,6 +55,9 @@ cargo test
 step "third-party clients: httpx-sse against the real proxy"
 "$SSE_PROXY_PYTHON" -m pytest -q -p no:cacheprovider tests/python
 
+step "OpenAI Python SDK through the proxy (emit = \"openai\")"
+(cd examples/fastapi-backend && .venv/bin/python -m pytest -q test_openai_sdk.py)
+
 # node's TAP report goes to a file beside the usual output; a skipped or todo test or suite (node
 # counts a skipped suite in no total) fails the run.
 no_skips() {
@@ -82,6 +86,11 @@ step "third-party clients: eventsource and fetch-event-source through a cutting 
 (cd clients/js/interop && npm ci --no-audit --no-fund --loglevel=error)
 (cd clients/js/interop && NODE_OPTIONS="$(reporters "$tap_dir/interop.tap")" npm test)
 no_skips "$tap_dir/interop.tap" "interop npm test"
+
+step "OpenAI clients (openai npm package, Vercel AI SDK) through the proxy (emit = \"openai\")"
+(cd clients/js/interop-openai && npm ci --no-audit --no-fund --loglevel=error)
+(cd clients/js/interop-openai && NODE_OPTIONS="$(reporters "$tap_dir/interop-openai.tap")" npm test)
+no_skips "$tap_dir/interop-openai.tap" "interop-openai npm test"
 
 browser=run
 if [ "${SSE_PROXY_SKIP_BROWSER:-0}" = "1" ]; then

@@ -15,7 +15,7 @@ use crate::http_util::ProxyBody;
 use crate::ids::StreamId;
 use crate::log::{Read, Subscription};
 use crate::metrics::{Metrics, StoreOp};
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::{Dialect, ErrorCode};
 use crate::store::{Batch, Store, StoreError, Wait};
 use crate::stream::{Follower, Outcome};
 use bytes::Bytes;
@@ -65,6 +65,7 @@ pub struct Remote {
     follower: Option<Following>,
     /// When the follower's lease in the store is renewed next.
     renew_at: Instant,
+    dialect: Dialect,
 }
 
 /// How a wait for more of a stream ended.
@@ -89,6 +90,7 @@ impl Remote {
             stop,
             follower: None,
             renew_at: Instant::now() + lease / 3,
+            dialect: Dialect::Native,
         }
     }
 
@@ -98,6 +100,12 @@ impl Remote {
             follower: Some(follower),
             ..self
         }
+    }
+
+    /// Writes the error it ends a lost stream with in `dialect` (the stream's).
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
     }
 
     async fn wait(
@@ -137,12 +145,7 @@ impl Remote {
         }
         let seq = meta.last_seq + 1;
         let code = ErrorCode::UpstreamLost;
-        let frame = protocol::encode_frame(
-            &self.id.to_string(),
-            seq,
-            Some(protocol::EVENT_ERROR),
-            &protocol::error(code),
-        );
+        let frame = self.dialect.error_event(&self.id.to_string(), seq, code);
         match self
             .store
             .finish(self.id, Outcome::Lost, Batch::new(seq, vec![frame]))
@@ -178,6 +181,7 @@ pub struct Cursor {
     metrics: Arc<Metrics>,
     last_write: Instant,
     done: bool,
+    dialect: Dialect,
 }
 
 impl Cursor {
@@ -241,12 +245,19 @@ impl Cursor {
             metrics,
             last_write: Instant::now(),
             done: false,
+            dialect: Dialect::Native,
         }
+    }
+
+    /// Writes its heartbeats and connection errors in `dialect` (the stream's).
+    pub fn dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
     }
 
     /// The next bytes to write, or `None` when the stream has ended for this connection.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(p) = self.preamble.take() {
+        if let Some(p) = self.preamble.take().filter(|p| !p.is_empty()) {
             return Some(p);
         }
         if self.done {
@@ -274,7 +285,7 @@ impl Cursor {
                 Ok(Read::End) => return None,
                 // The log dropped events this connection had not read yet (memory bound).
                 Ok(Read::Gone) | Err((_, StoreError::NotFound)) => return Some(self.evicted()),
-                Ok(Read::Pending) if self.handing_off() => return Some(self.hand_off()),
+                Ok(Read::Pending) if self.handing_off() => return self.hand_off(),
                 Ok(Read::Pending) => {}
                 Err((op, e)) => return self.store_failed(op, &e),
             }
@@ -297,9 +308,9 @@ impl Cursor {
                 Ok(Waited::Beat) => {
                     self.last_write = Instant::now();
                     self.metrics.heartbeats.increment(1);
-                    return Some(Bytes::from_static(protocol::HEARTBEAT));
+                    return Some(self.dialect.heartbeat());
                 }
-                Ok(Waited::Stop) => return Some(self.hand_off()),
+                Ok(Waited::Stop) => return self.hand_off(),
                 Err((_, StoreError::NotFound)) => return Some(self.evicted()),
                 Err((op, e)) => return self.store_failed(op, &e),
             }
@@ -319,19 +330,21 @@ impl Cursor {
     }
 
     /// The last bytes of a handed-off connection: come back soon (to another replica).
-    fn hand_off(&mut self) -> Bytes {
+    fn hand_off(&mut self) -> Option<Bytes> {
         tracing::debug!(
             after = self.pos,
             "shutting down: the client resumes on another replica"
         );
         self.done = true;
-        protocol::retry_preamble(HANDOFF_RETRY.as_millis() as u64)
+        let retry = self.dialect.preamble(HANDOFF_RETRY.as_millis() as u64);
+        // A dialect without `retry:` ends with nothing: its clients do not reconnect by themselves.
+        (!retry.is_empty()).then_some(retry)
     }
 
     fn evicted(&mut self) -> Bytes {
         self.done = true;
         self.metrics.error(ErrorCode::Evicted);
-        protocol::error_frame(ErrorCode::Evicted)
+        self.dialect.error_frame(ErrorCode::Evicted)
     }
 
     /// The store cannot be read: the body ends without an event, so the client resumes from its
@@ -358,6 +371,7 @@ mod tests {
     use super::*;
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog};
+    use crate::protocol;
     use crate::stream::Stream;
 
     fn setup(max_log: usize) -> (Arc<Stream>, Cursor) {

@@ -5,6 +5,7 @@
 use crate::config::{self, Config};
 use crate::connection::CursorSettings;
 use crate::progress::{self, Cadence};
+use crate::protocol::Dialect;
 use crate::reframe::{batcher, token, ReaderSettings, RouteSettings};
 use crate::upstream::UpstreamSettings;
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub struct Route {
     pub model_from: Option<ModelSource>,
     /// What the stream's reader needs: label, token event, token pointer, terminal events.
     pub reader: Arc<RouteSettings>,
+    /// The dialect its streams are written in (`emit`).
+    pub emit: Dialect,
 }
 
 impl Route {
@@ -191,6 +194,14 @@ impl Settings {
         self.routes.iter().find(|r| r.path.matches(path))
     }
 
+    /// The dialect of the route labelled `label` (native when no route has that label any more).
+    pub fn dialect_of(&self, label: &str) -> Dialect {
+        self.routes
+            .iter()
+            .find(|r| &**r.label() == label)
+            .map_or(Dialect::Native, |r| r.emit)
+    }
+
     /// The rest of a path under [`Settings::route_prefix`] (`/client.js`), if it is under it.
     pub fn own_route<'p>(&self, path: &'p str) -> Option<&'p str> {
         path.strip_prefix(self.route_prefix.as_str())
@@ -202,6 +213,7 @@ fn route(r: &config::StreamRoute) -> Route {
     Route {
         path: r.path.clone(),
         model_from: r.model_from.clone(),
+        emit: r.emit,
         reader: Arc::new(RouteSettings {
             label: r.path.as_label().into(),
             token_event: r.token_event.clone(),
@@ -245,6 +257,7 @@ token_event = "token"
 token_path = "/choices/0/text"
 terminal_events = ["end", "stop"]
 model_from = "header:x-model"
+emit = "openai"
 
 [[stream]]
 path = "/a/*"
@@ -259,10 +272,15 @@ path = "/a/*"
         );
         assert_eq!(exact.reader.terminal_events, ["end", "stop"]);
         assert!(matches!(exact.model_from, Some(ModelSource::Header(_))));
+        assert_eq!(exact.emit, Dialect::OpenAi);
+        assert_eq!(s.dialect_of("/a/exact"), Dialect::OpenAi);
         let prefix = s.route("/a/other").expect("prefix route");
         assert_eq!(&**prefix.label(), "/a/*");
         assert_eq!(prefix.reader.token_event, "message");
         assert_eq!(prefix.reader.token_path, None);
+        assert_eq!(prefix.emit, Dialect::Native);
+        assert_eq!(s.dialect_of("/a/*"), Dialect::Native);
+        assert_eq!(s.dialect_of("/gone"), Dialect::Native);
         assert!(s.route("/b").is_none());
     }
 

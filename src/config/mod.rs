@@ -193,6 +193,9 @@ pub struct StreamRoute {
     /// Where the model name comes from.
     #[serde(default)]
     pub model_from: Option<ModelSource>,
+    /// The dialect its streams are written in: `native` or `openai`.
+    #[serde(default)]
+    pub emit: crate::protocol::Dialect,
 }
 
 fn d_token_event() -> String {

@@ -358,3 +358,18 @@ fn store_section_errors_point_at_the_key() {
     let (_, _, msg) = err(&format!("{MINIMAL}[store]\nurll = \"redis://a\"\n"));
     assert!(msg.contains("url"), "{msg}");
 }
+
+#[test]
+fn stream_emit_dialect() {
+    use crate::protocol::Dialect;
+    let base = "[upstream]\nurl = \"http://a:1\"\n[[stream]]\npath = \"/a\"\n";
+    let c = Config::from_toml_str(base, "x").expect("valid");
+    assert_eq!(c.streams[0].emit, Dialect::Native);
+    for (spec, want) in [("native", Dialect::Native), ("openai", Dialect::OpenAi)] {
+        let c = Config::from_toml_str(&format!("{base}emit = \"{spec}\"\n"), "x").expect("valid");
+        assert_eq!(c.streams[0].emit, want);
+    }
+    let (line, col, msg) = err(&format!("{base}emit = \"anthropic\"\n"));
+    assert_eq!((line, col), (5, 8));
+    assert!(msg.contains("native") && msg.contains("openai"), "{msg}");
+}

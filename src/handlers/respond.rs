@@ -7,7 +7,7 @@ use crate::connection::{Cursor, Remote};
 use crate::http_util::{self, ProxyBody};
 use crate::ids::StreamId;
 use crate::metrics::{ErrorLabel, Metrics, RejectReason};
-use crate::protocol;
+use crate::protocol::Dialect;
 use crate::stream::{Follower, Rejected};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
@@ -22,43 +22,49 @@ pub fn event_stream_response(
     span: tracing::Span,
 ) -> Response<ProxyBody> {
     let id = follower.stream().id;
+    let dialect = follower.stream().log.dialect();
     let mut cursor = Cursor::new(
         follower,
         after,
-        preamble(app),
+        preamble(app, dialect),
         app.settings.cursor,
         app.metrics.clone(),
-    );
-    if app.store.handoff {
+    )
+    .dialect(dialect);
+    // OpenAI clients do not reconnect by themselves: handed off, they would end without the rest.
+    if app.store.handoff && dialect == Dialect::Native {
         cursor = cursor.hand_off_on(app.shutdown.clone());
     }
     sse_response(id, cursor, span)
 }
 
 /// A `200 text/event-stream` response following, from the store after seq `after`, the stream
-/// `follower` counts a connection of.
+/// `follower` counts a connection of, written in `dialect` (its route's).
 pub fn store_stream_response(
     app: &App,
     follower: Following,
+    dialect: Dialect,
     after: u64,
     span: tracing::Span,
 ) -> Response<ProxyBody> {
     let id = follower.id();
-    let remote =
-        Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone()).counted(follower);
+    let remote = Remote::new(app.store.store.clone(), id, app.store.lease, app.shutdown.clone())
+        .dialect(dialect)
+        .counted(follower);
     let cursor = Cursor::remote(
         remote,
         after,
-        preamble(app),
+        preamble(app, dialect),
         app.settings.cursor,
         app.metrics.clone(),
-    );
+    )
+    .dialect(dialect);
     sse_response(id, cursor, span)
 }
 
-/// The `retry:` line every stream response starts with.
-fn preamble(app: &App) -> Bytes {
-    protocol::retry_preamble(app.settings.resume.client_retry.as_millis() as u64)
+/// What every stream response starts with: the `retry:` line on native routes.
+fn preamble(app: &App, dialect: Dialect) -> Bytes {
+    dialect.preamble(app.settings.resume.client_retry.as_millis() as u64)
 }
 
 fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<ProxyBody> {

@@ -114,7 +114,8 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
     span.in_scope(
         || tracing::info!(after = id.seq, replica = %meta.replica, "stream resumed from the store"),
     );
-    Resume::Respond(store_stream_response(app, follower, id.seq, span))
+    let dialect = app.settings.dialect_of(&meta.route);
+    Resume::Respond(store_stream_response(app, follower, dialect, id.seq, span))
 }
 
 /// [`unavailable`], counted as a failed store lookup.

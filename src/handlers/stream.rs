@@ -121,11 +121,14 @@ async fn start(
     let (resp_parts, body) = resp.into_parts();
     let body = UpstreamBody::new(body, &resp_parts.headers);
     // Staged: clients see an event once the stream store has it.
-    let log = Arc::new(MemoryLog::staged(
-        id,
-        settings.resume.max_stream_bytes,
-        app.registry.budget().clone(),
-    ));
+    let log = Arc::new(
+        MemoryLog::staged(
+            id,
+            settings.resume.max_stream_bytes,
+            app.registry.budget().clone(),
+        )
+        .emit(route.emit, &model),
+    );
     let label = route.label().clone();
     let stream = Arc::new(Stream::new(id, label.clone(), model, owner, log));
     app.registry.insert(stream.clone());

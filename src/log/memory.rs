@@ -2,7 +2,7 @@
 
 use super::{Read, StreamLog, Subscription};
 use crate::ids::StreamId;
-use crate::protocol;
+use crate::protocol::{Dialect, Encoder, Native};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +61,8 @@ struct Inner {
     durable: u64,
     /// Appends wait for `mark_durable`; otherwise `durable` follows them.
     staged: bool,
+    /// Writes each event once, as it is appended, in the stream's dialect.
+    encoder: Box<dyn Encoder>,
 }
 
 impl Inner {
@@ -96,6 +98,7 @@ impl Inner {
 /// every event as soon as it is appended.
 pub struct MemoryLog {
     id: String,
+    dialect: Dialect,
     max_bytes: usize,
     budget: Arc<LogBudget>,
     inner: Mutex<Inner>,
@@ -118,6 +121,7 @@ impl MemoryLog {
     fn build(stream: StreamId, max_bytes: usize, budget: Arc<LogBudget>, staged: bool) -> Self {
         MemoryLog {
             id: stream.to_string(),
+            dialect: Dialect::Native,
             max_bytes,
             budget,
             inner: Mutex::new(Inner {
@@ -127,9 +131,17 @@ impl MemoryLog {
                 closed: false,
                 durable: 0,
                 staged,
+                encoder: Box::new(Native),
             }),
             notify: watch::Sender::new(()),
         }
+    }
+
+    /// Writes its events in `dialect`, for a stream answered by `model` (native by default).
+    pub fn emit(mut self, dialect: Dialect, model: &str) -> Self {
+        self.dialect = dialect;
+        crate::sync::lock(&self.inner).encoder = dialect.encoder(model);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -148,7 +160,7 @@ impl StreamLog for MemoryLog {
             return 0;
         }
         let seq = inner.next();
-        let frame = protocol::encode_frame(&self.id, seq, event, data);
+        let frame = inner.encoder.frame(&self.id, seq, event, data);
         let size = frame.len() + ENTRY_OVERHEAD;
         inner.frames.push_back(frame);
         inner.bytes += size;
@@ -200,6 +212,10 @@ impl StreamLog for MemoryLog {
             chunk,
             last: after + count as u64,
         }
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     fn subscribe(&self) -> Subscription {

@@ -67,6 +67,10 @@ pub trait StreamLog: Send + Sync + 'static {
     /// Encodes and appends an event with the next seq (`id: <stream>:<seq>`); returns the seq.
     /// `event` is the event type (`None` for `message`). Appends after `close` are ignored and return 0.
     fn append(&self, event: Option<&str>, data: &str) -> u64;
+    /// The dialect its events are written in.
+    fn dialect(&self) -> crate::protocol::Dialect {
+        crate::protocol::Dialect::Native
+    }
     /// Marks the log complete: readers get `End` once they have read everything.
     fn close(&self);
     /// Frames after `after`, coalesced up to `max_bytes` (always at least one frame when any is available).

@@ -2,12 +2,15 @@
 //!
 //! Everything the proxy itself writes into a stream response is built here: the `retry:` preamble,
 //! event ids, the data of token batches, `done` and `error` events, and the heartbeat. Upstream
-//! events that pass through keep their own name and data. Another downstream format would be a
-//! module beside this one.
+//! events that pass through keep their own name and data. A route may write its streams in another
+//! dialect ([`Dialect`]): `openai` is the module beside this one.
 
+mod dialect;
 mod error;
 mod event_id;
+pub mod openai;
 
+pub use dialect::{Dialect, Encoder, Native};
 pub use error::ErrorCode;
 pub use event_id::{EventId, EventIdError, MAX_EVENT_ID_LEN};
 

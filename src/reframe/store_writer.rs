@@ -11,7 +11,7 @@
 use crate::ids::StreamId;
 use crate::log::StreamLog;
 use crate::metrics::{Metrics, StoreOp};
-use crate::protocol::{self, ErrorCode};
+use crate::protocol::ErrorCode;
 use crate::store::{Batch, BoxFuture, Claim, NewStream, Store, StoreError};
 use crate::stream::{Outcome, Stream};
 use std::future::poll_fn;
@@ -384,7 +384,10 @@ impl<'s> StoreWriter<'s> {
     fn abandon(&mut self) {
         tracing::warn!("events were dropped before the stream store had them; the stream goes on live-only");
         self.detach();
-        let batch = Batch::new(self.stored + 1, vec![protocol::error_frame(ErrorCode::Evicted)]);
+        let batch = Batch::new(
+            self.stored + 1,
+            vec![self.log.dialect().error_frame(ErrorCode::Evicted)],
+        );
         self.start(InFlight::Abandon(self.store.finish(
             self.id,
             Outcome::Error,
