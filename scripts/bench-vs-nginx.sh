@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Same-run benchmark of sse-proxy against nginx (proxy_buffering off, 1 worker, upstream keepalive)
+# and against the upstream directly: the same Rust token emitter and the same Rust client, one preset
+# after another, each server started fresh per preset. Prints, per preset and target, CPU per upstream
+# token (utime+stime from /proc), peak RSS (VmHWM), TTFT p50/p99, downstream events and bytes per
+# token, and the sse-proxy / nginx ratios; then the cost of replaying a 2,000-event log on resume.
+# The driver is examples/bench_vs_nginx.rs.
+#
+#   scripts/bench-vs-nginx.sh                    # every preset: fast c50 c500 c8000 resume
+#   scripts/bench-vs-nginx.sh fast c50           # some of them
+#   BENCH_PERF=/tmp/c500.perf scripts/bench-vs-nginx.sh c500   # also `perf record -g` the proxy at c500
+#   BENCH_BASELINE=/tmp/sse-proxy-before scripts/bench-vs-nginx.sh c500   # two proxy builds in one run
+#
+# nginx: Debian's (`apt-get install nginx-light` or `nginx`); without it the nginx rows are skipped.
+# c8000 needs about 2 × 8,000 + 200 open files per process (client sockets here, the emitter's, and
+# both sides in the server under test): the script raises the soft limit to the hard one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> bench: building the release proxy and the driver"
+built=$({
+  cargo build --release --bin sse-proxy --message-format=json-render-diagnostics
+  cargo build --release --example bench_vs_nginx --message-format=json-render-diagnostics
+} |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])
+')
+proxy=$(awk '$1 == "sse-proxy" { print $2 }' <<<"$built")
+driver=$(awk '$1 == "bench_vs_nginx" { print $2 }' <<<"$built")
+if [ ! -x "$proxy" ] || [ ! -x "$driver" ]; then
+  echo "error: cargo reported no release sse-proxy or bench_vs_nginx:" >&2
+  echo "$built" >&2
+  exit 1
+fi
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+args=(run --proxy "$proxy")
+nginx=$(command -v nginx || true)
+[ -z "$nginx" ] && [ -x /usr/sbin/nginx ] && nginx=/usr/sbin/nginx
+[ -n "$nginx" ] && args+=(--nginx "$nginx")
+[ -n "${BENCH_PERF:-}" ] && args+=(--perf "$BENCH_PERF")
+[ -n "${BENCH_BASELINE:-}" ] && args+=(--baseline "$BENCH_BASELINE")
+echo "==> bench: $driver ${args[*]} $* (open files: $(ulimit -n))"
+exec "$driver" "${args[@]}" "$@"
