@@ -170,8 +170,8 @@ impl Started<'_> {
 /// the `metrics` macros lands in `/metrics` too), with the proxy's metrics registered in it.
 fn install_metrics() -> Result<Prometheus, String> {
     let recorder = sse_proxy::metrics::recorder().map_err(|e| e.to_string())?;
-    let registered = Prometheus::register(&recorder);
-    metrics::set_global_recorder(recorder)
+    let registered = Prometheus::register(recorder);
+    metrics::set_global_recorder(registered.global())
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     Ok(registered)
 }

@@ -115,6 +115,8 @@ pub async fn bind_with_store(
     };
     let main = bind(Listener::Main, settings.server.listen).await?;
     let admin = bind(Listener::Admin, settings.server.admin_listen).await?;
+    let mut settings = settings;
+    settings.count_into(&metrics);
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
     let store = match store {
         Some(store) => store,

@@ -71,10 +71,13 @@ pub struct Route {
     pub path: RoutePath,
     /// Where the model name comes from; `None`: `default`.
     pub model_from: Option<ModelSource>,
-    /// What the stream's reader needs: label, token event, token pointer, terminal events.
+    /// What the stream's reader needs: label, format, token and terminal rules.
     pub reader: Arc<RouteSettings>,
     /// The dialect its streams are written in (`emit`).
     pub emit: Dialect,
+    /// Answers whose content type does not fit the route's format (counts nowhere until
+    /// [`Settings::count_into`]).
+    pub format_mismatch: metrics::Counter,
 }
 
 impl Route {
@@ -189,6 +192,20 @@ impl Settings {
         }
     }
 
+    /// Registers the metrics labelled by route in `prometheus`.
+    pub fn count_into(&mut self, prometheus: &crate::metrics::Prometheus) {
+        for route in &mut self.routes {
+            let counter = prometheus.route_counter(crate::metrics::FORMAT_MISMATCH, route.label());
+            *route = Arc::new(Route {
+                path: route.path.clone(),
+                model_from: route.model_from.clone(),
+                reader: route.reader.clone(),
+                emit: route.emit,
+                format_mismatch: counter,
+            });
+        }
+    }
+
     /// The route a request path is on, if any.
     pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.path.matches(path))
@@ -219,7 +236,12 @@ fn route(r: &config::StreamRoute) -> Route {
             token_event: r.token_event.clone(),
             token_path: r.token_path.as_ref().map(|p| token::Pointer::parse(&p.0)),
             terminal_events: r.terminal_events.clone(),
+            format: r.format,
+            terminal_data: r.terminal_data.clone(),
+            skip_empty_tokens: r.skip_empty_tokens,
+            error_events: r.error_events.clone(),
         }),
+        format_mismatch: metrics::Counter::noop(),
     }
 }
 

@@ -289,3 +289,107 @@ fn a_missing_venv_fails_unless_run_by_hand() {
         );
     }
 }
+
+/// A proxy in front of the backend with its OpenAI and Ollama endpoints as stream routes.
+async fn dialect_proxy(backend: SocketAddr) -> TestProxy {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[upstream]
+url = "http://{backend}"
+
+[[stream]]
+path = "/v1/chat/completions"
+format = "openai"
+
+[[stream]]
+path = "/api/chat"
+format = "ollama"
+
+[[stream]]
+path = "/api/generate"
+format = "ollama"
+"#
+    );
+    proxy_with(Config::from_toml_str(&text, "<test>").expect("config")).await
+}
+
+/// Posts `body` to `path`, reads `first` events, drops the connection and resumes after them;
+/// returns every event (gapless across the cut).
+async fn post_cut_and_resume(p: &TestProxy, path: &str, body: &str, first: usize) -> Vec<Ev> {
+    let url = format!("http://{}{path}", p.addr);
+    let json = [("content-type", "application/json")];
+    let resp = send("POST", &url, &json, body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut evs = Events::new(resp);
+    let mut events = evs.take(first).await;
+    drop(evs);
+    let last = events.last().and_then(|e| e.id.clone()).expect("an id");
+    let resumed = send("POST", &url, &[json[0], ("last-event-id", &last)], body).await;
+    assert_eq!(resumed.status(), 200);
+    events.extend(Events::new(resumed).all().await);
+    assert_gapless(&events, 1);
+    events
+}
+
+#[tokio::test]
+async fn openai_and_ollama_endpoints_are_reframed_exactly_with_resume() {
+    let Some(be) = backend::start() else { return };
+    let p = dialect_proxy(be.addr).await;
+    let q = "naïve café ☕ \"quotes\" back\\slash";
+    let expected = answer_text(be.addr, q, 80).await;
+    let messages = serde_json::json!([{"role": "user", "content": q}]);
+
+    let body = serde_json::json!({"model": "fake", "messages": messages, "max_tokens": 80,
+        "stream": true, "stream_options": {"include_usage": true}});
+    let events = post_cut_and_resume(&p, "/v1/chat/completions?rate=400", &body.to_string(), 4).await;
+    assert_eq!(text_of(&events), expected, "openai");
+    let done = events.last().expect("events");
+    assert_eq!(done.event, "done");
+    assert_eq!(done.json()["total_tokens"], 80);
+    assert_eq!(done.json()["finish_reason"], "length");
+    assert_eq!(done.json()["usage"]["completion_tokens"], 80);
+
+    for (path, body) in [
+        (
+            "/api/chat?rate=400",
+            serde_json::json!({"model": "fake", "messages": messages, "options": {"num_predict": 80}}),
+        ),
+        (
+            "/api/generate?rate=400",
+            serde_json::json!({"model": "fake", "prompt": q, "options": {"num_predict": 80}}),
+        ),
+    ] {
+        let events = post_cut_and_resume(&p, path, &body.to_string(), 4).await;
+        assert_eq!(text_of(&events), expected, "{path}");
+        let done = events.last().expect("events").json();
+        assert_eq!(
+            (&done["total_tokens"], &done["eval_count"], &done["done_reason"]),
+            (
+                &serde_json::json!(80),
+                &serde_json::json!(80),
+                &serde_json::json!("stop")
+            ),
+            "{path}"
+        );
+    }
+
+    // The non-stream answer passes through unchanged.
+    let body = serde_json::json!({"model": "fake", "messages": messages, "max_tokens": 80});
+    let url = format!("http://{}/v1/chat/completions", p.addr);
+    let resp = send(
+        "POST",
+        &url,
+        &[("content-type", "application/json")],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let whole = json_of(&body_bytes(resp).await);
+    assert_eq!(whole["choices"][0]["message"]["content"], expected.as_str());
+}

@@ -135,11 +135,7 @@ async fn foreign_cancel_is_the_same_404_as_unknown_and_changes_nothing() {
     events.extend(evs.all().await);
     assert_gapless(&events, 1);
     assert_eq!(text_of(&events), tokens.concat());
-    let last = events.last().expect("events");
-    assert_eq!(
-        (last.event.as_str(), last.data.as_str()),
-        ("done", r#"{"status": "complete"}"#)
-    );
+    assert_upstream_done(&events);
     assert_eq!(up.closed_early(), 0);
     let stream = p.app.registry.get(&parse_stream_id(&sid)).expect("held");
     assert!(matches!(stream.state(), State::Finished(Outcome::Completed, _)));

@@ -116,10 +116,7 @@ async fn check(p: &TestProxy, end: End) -> Vec<Ev> {
     let last = events.last().expect("events");
     match end {
         End::Terminal => {
-            assert_eq!(
-                (last.event.as_str(), last.data.as_str()),
-                ("done", r#"{"status": "complete"}"#)
-            );
+            assert_upstream_done(&events);
         }
         End::Done => {
             assert_eq!(last.event, "done", "{events:?}");

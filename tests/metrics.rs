@@ -308,7 +308,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
     let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "ok")).await;
     let p = proxy(up.addr, |_| {}).await;
     let text = metrics_text(p.admin).await;
-    let families: [(&str, &str, &[&str]); 9] = [
+    let families: [(&str, &str, &[&str]); 11] = [
         (
             "sse_proxy_errors_total",
             "code",
@@ -323,7 +323,18 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
                 "evicted",
                 "internal",
                 "upstream_lost",
+                "upstream_error",
             ],
+        ),
+        (
+            "sse_proxy_upstream_events_dropped_total",
+            "reason",
+            &["progress", "ping", "empty_token", "no_text"],
+        ),
+        (
+            "sse_proxy_upstream_format_mismatch_total",
+            "route",
+            &["/stream", "/s/*"],
         ),
         (
             "sse_proxy_rejected_total",

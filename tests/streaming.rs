@@ -129,7 +129,8 @@ async fn non_token_events_flush_the_batch_and_keep_order() {
             ("message".into(), r#"{"content":"bc","batch_size":2}"#.into()),
             ("sources".into(), r#"{"urls": ["x"]}"#.into()),
             ("message".into(), r#"{"content":"d","batch_size":1}"#.into()),
-            ("done".into(), "bye".into()),
+            // The upstream's done is the one done: its data kept, total_tokens added.
+            ("done".into(), r#"{"data":"bye","total_tokens":4}"#.into()),
         ]
     );
 }

@@ -32,7 +32,7 @@ import random
 from typing import AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 log = logging.getLogger("fastapi-backend")
@@ -198,6 +198,144 @@ async def question_stream(
         yield ServerSentEvent(data=_json({"status": "complete"}, ascii), event="done")
 
     return EventSourceResponse(events(), ping=_ping_seconds())
+
+
+def _last_user_text(messages) -> str:
+    """The question of a chat request: its last user message's text."""
+    for m in reversed(messages or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # OpenAI content parts
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        raise HTTPException(status_code=400, detail="body is not valid JSON")
+    if not isinstance(body, dict):
+        raise HTTPException(status_code=400, detail="body must be a JSON object")
+    return body
+
+
+def _token_count(value, default: int = DEFAULT_TOKENS) -> int:
+    n = value if isinstance(value, int) and not isinstance(value, bool) else default
+    return max(0, min(n, MAX_TOKENS))
+
+
+@app.post("/v1/chat/completions")
+async def openai_chat_completions(request: Request, rate: float = Query(DEFAULT_RATE, ge=0)):
+    """OpenAI-compatible Chat Completions on the fake model: `max_tokens` tokens (default 120)
+    answering the last user message; `stream: true` streams chunks then `data: [DONE]`."""
+    body = await _json_body(request)
+    question = _last_user_text(body.get("messages"))
+    n = _token_count(body.get("max_tokens"))
+    model = body.get("model") or "fake"
+    cid = "chatcmpl-" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:24]
+    created = 1_700_000_000
+    prompt_tokens = len(question.split())
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+    if not body.get("stream"):
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": fake_answer(question, n)},
+                    "finish_reason": "length" if body.get("max_tokens") is not None else "stop",
+                }
+            ],
+            "usage": usage,
+        }
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    finish = "length" if body.get("max_tokens") is not None else "stop"
+
+    def chunk(delta: dict, finish_reason=None) -> str:
+        return _json(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            },
+            False,
+        )
+
+    async def events():
+        yield ServerSentEvent(data=chunk({"role": "assistant", "content": ""}))
+        async for tok in _fake_stream(question, n, rate):
+            yield ServerSentEvent(data=chunk({"content": tok}))
+        yield ServerSentEvent(data=chunk({}, finish))
+        if include_usage:
+            yield ServerSentEvent(
+                data=_json(
+                    {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [], "usage": usage},
+                    False,
+                )
+            )
+        yield ServerSentEvent(data="[DONE]")
+
+    return EventSourceResponse(events(), ping=_ping_seconds())
+
+
+def _ndjson_response(lines: AsyncIterator[dict]) -> StreamingResponse:
+    async def body():
+        async for obj in lines:
+            yield (_json(obj, False) + "\n").encode("utf-8")
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+async def _ollama_fake(request: Request, rate: float, chat: bool):
+    body = await _json_body(request)
+    question = _last_user_text(body.get("messages")) if chat else str(body.get("prompt") or "")
+    n = _token_count((body.get("options") or {}).get("num_predict"))
+    model = body.get("model") or "fake"
+    created_at = "2026-01-01T00:00:00Z"
+
+    def piece(text: str) -> dict:
+        if chat:
+            return {"model": model, "created_at": created_at,
+                    "message": {"role": "assistant", "content": text}, "done": False}
+        return {"model": model, "created_at": created_at, "response": text, "done": False}
+
+    last = {"done": True, "done_reason": "stop", "total_duration": 1000 * n + 1,
+            "eval_count": n, "prompt_eval_count": len(question.split())}
+    if body.get("stream") is False:
+        out = piece(fake_answer(question, n))
+        out.update(last)
+        return out
+
+    async def lines():
+        async for tok in _fake_stream(question, n, rate):
+            yield piece(tok)
+        end = piece("")
+        end.update(last)
+        yield end
+
+    return _ndjson_response(lines())
+
+
+@app.post("/api/chat")
+async def ollama_chat(request: Request, rate: float = Query(DEFAULT_RATE, ge=0)):
+    """Ollama-style /api/chat on the fake model: NDJSON, `options.num_predict` tokens."""
+    return await _ollama_fake(request, rate, chat=True)
+
+
+@app.post("/api/generate")
+async def ollama_generate(request: Request, rate: float = Query(DEFAULT_RATE, ge=0)):
+    """Ollama-style /api/generate on the fake model: NDJSON, text in `response`."""
+    return await _ollama_fake(request, rate, chat=False)
 
 
 @app.get("/api/question/text")

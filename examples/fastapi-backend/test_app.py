@@ -283,3 +283,40 @@ def test_run_py_fail_after_gives_incomplete_body(server):
     events = parse_sse(got)
     assert [e["event"] for e in events] == ["thinking", "message", "message", "message"]
     assert b"event: done" not in got
+
+
+def test_openai_chat_completions_stream_and_non_stream(client):
+    req = {"model": "fake", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 30}
+    whole = client.post("/v1/chat/completions", json=req).json()
+    assert whole["object"] == "chat.completion"
+    assert whole["choices"][0]["message"]["content"] == backend.fake_answer("hi there", 30)
+    assert whole["usage"]["completion_tokens"] == 30
+    stream = {**req, "stream": True, "stream_options": {"include_usage": True}}
+    r = client.post("/v1/chat/completions?rate=0", json=stream)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    datas = [e["data"] for e in parse_sse(r.content) if "data" in e]
+    assert datas[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in datas[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == backend.fake_answer("hi there", 30)
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["total_tokens"] == 32
+
+
+@pytest.mark.parametrize("path,field", [("/api/chat", "message"), ("/api/generate", "response")])
+def test_ollama_ndjson(client, path, field):
+    req = {"model": "fake", "options": {"num_predict": 25}}
+    if field == "message":
+        req["messages"] = [{"role": "user", "content": "why"}]
+    else:
+        req["prompt"] = "why"
+    r = client.post(path + "?rate=0", json=req)
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    text = "".join(o["message"]["content"] if field == "message" else o["response"] for o in lines)
+    assert text == backend.fake_answer("why", 25)
+    assert [o["done"] for o in lines].count(True) == 1 and lines[-1]["done"]
+    assert lines[-1]["eval_count"] == 25 and lines[-1]["done_reason"] == "stop"
+    whole = client.post(path, json={**req, "stream": False}).json()
+    assert whole["done"] is True

@@ -196,6 +196,38 @@ pub struct StreamRoute {
     /// The dialect its streams are written in: `native` or `openai`.
     #[serde(default)]
     pub emit: crate::protocol::Dialect,
+    /// The upstream's dialect; `sse` is driven by the token and terminal settings above.
+    #[serde(default)]
+    pub format: UpstreamFormat,
+    /// `sse`: data values that end the stream (`["[DONE]"]`).
+    #[serde(default)]
+    pub terminal_data: Vec<String>,
+    /// `sse`: token events whose text is empty are not tokens.
+    #[serde(default)]
+    pub skip_empty_tokens: bool,
+    /// `sse`: upstream events that report the backend's own error and end the stream.
+    #[serde(default = "d_error_events")]
+    pub error_events: Vec<String>,
+}
+
+/// `[[stream]] format`: the upstream's dialect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamFormat {
+    /// Generic SSE: `token_event`, `token_path`, `terminal_events`, `terminal_data`, `error_events`.
+    #[default]
+    Sse,
+    /// OpenAI Chat Completions / legacy Completions SSE.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic Messages SSE.
+    Anthropic,
+    /// Ollama's native NDJSON (`/api/chat`, `/api/generate`).
+    Ollama,
+}
+
+fn d_error_events() -> Vec<String> {
+    vec!["error".into()]
 }
 
 fn d_token_event() -> String {

@@ -11,6 +11,7 @@ use crate::log::MemoryLog;
 use crate::metrics::ResumeResult;
 use crate::query;
 use crate::reframe::body::UpstreamBody;
+use crate::reframe::format::Framing;
 use crate::reframe::Reader;
 use crate::settings::{ModelSource, OnMiss, Route};
 use crate::stream::Stream;
@@ -112,8 +113,9 @@ async fn start(
             return upstream_error(&app.metrics, &e);
         }
     };
-    if !is_event_stream(&resp) {
-        // Not a stream (a 401, a JSON error...): the browser gets the backend's answer as it is.
+    if !fits_format(&resp, route) {
+        // Not a stream (a 401, a JSON error...), or a stream of another format: the browser gets
+        // the backend's answer as it is.
         let (mut p, b) = resp.into_parts();
         strip_hop_by_hop(&mut p.headers);
         return Response::from_parts(p, b.map_err(Into::into).boxed_unsync());
@@ -156,9 +158,36 @@ async fn start(
     out
 }
 
-/// Whether the backend answered 2xx with an event stream.
-fn is_event_stream(resp: &Response<Incoming>) -> bool {
-    resp.status().is_success() && http_util::has_content_type(resp.headers(), "text/event-stream")
+/// Content types of the streams the proxy can read.
+const EVENT_STREAM: &str = "text/event-stream";
+const NDJSON: [&str; 2] = ["application/x-ndjson", "application/ndjson"];
+
+/// Whether the backend answered 2xx with a stream of the route's format; a stream of the other
+/// kind is counted and logged (it passes through unchanged).
+fn fits_format(resp: &Response<Incoming>, route: &Route) -> bool {
+    if !resp.status().is_success() {
+        return false;
+    }
+    let headers = resp.headers();
+    let sse = http_util::has_content_type(headers, EVENT_STREAM);
+    let ndjson = NDJSON.iter().any(|t| http_util::has_content_type(headers, t));
+    let (fits, other) = match Framing::of(route.reader.format) {
+        Framing::Sse => (sse, ndjson),
+        Framing::Lines => (ndjson, sse),
+    };
+    if other {
+        route.format_mismatch.increment(1);
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::warn!(
+            route = %route.label(),
+            content_type,
+            "the backend's answer does not fit the route's format; passed through unchanged"
+        );
+    }
+    fits
 }
 
 /// Keeps the backend's own headers (cookies, CORS) except those the re-framing changes.

@@ -70,6 +70,8 @@ label_values! {
         Internal => "internal",
         /// [`ErrorCode::UpstreamLost`].
         UpstreamLost => "upstream_lost",
+        /// [`ErrorCode::UpstreamError`].
+        UpstreamError => "upstream_error",
     }
 }
 
@@ -84,7 +86,22 @@ impl From<ErrorCode> for ErrorLabel {
             ErrorCode::Evicted => ErrorLabel::Evicted,
             ErrorCode::Internal => ErrorLabel::Internal,
             ErrorCode::UpstreamLost => ErrorLabel::UpstreamLost,
+            ErrorCode::UpstreamError => ErrorLabel::UpstreamError,
         }
+    }
+}
+
+label_values! {
+    /// `reason` of `sse_proxy_upstream_events_dropped_total`: upstream items not sent on.
+    pub enum DroppedReason: "reason" {
+        /// An upstream `progress` event while the proxy sends its own.
+        Progress => "progress",
+        /// A keep-alive event (Anthropic's `ping`).
+        Ping => "ping",
+        /// A token with empty text (`skip_empty_tokens`, an empty delta).
+        EmptyToken => "empty_token",
+        /// A chunk without text whose fields, if any, go into `done` (a role, `finish_reason`, `usage`).
+        NoText => "no_text",
     }
 }
 
@@ -274,7 +291,12 @@ mod tests {
                 "evicted",
                 "internal",
                 "upstream_lost",
+                "upstream_error",
             ]
+        );
+        assert_eq!(
+            values::<DroppedReason>(),
+            ["progress", "ping", "empty_token", "no_text"]
         );
         assert_eq!(
             values::<StoreOp>(),

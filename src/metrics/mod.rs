@@ -9,8 +9,8 @@
 mod labels;
 
 pub use labels::{
-    ClientErrorReason, ErrorLabel, EvictionKind, FinishedOutcome, LabelValue, RejectReason, ReportOutcome,
-    ResumeResult, StatusClass, StoreOp,
+    ClientErrorReason, DroppedReason, ErrorLabel, EvictionKind, FinishedOutcome, LabelValue, RejectReason,
+    ReportOutcome, ResumeResult, StatusClass, StoreOp,
 };
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
@@ -58,6 +58,10 @@ pub const STORE_OP_SECONDS: &str = "sse_proxy_store_op_seconds";
 pub const STORE_CONNECTED: &str = "sse_proxy_store_connected";
 /// Streams ended because the replica reading them stopped renewing its lease.
 pub const STREAMS_LOST: &str = "sse_proxy_streams_lost_total";
+/// Upstream items not sent on, by `reason`.
+pub const UPSTREAM_DROPPED: &str = "sse_proxy_upstream_events_dropped_total";
+/// Stream answers whose content type did not fit their route's format, by `route`.
+pub const FORMAT_MISMATCH: &str = "sse_proxy_upstream_format_mismatch_total";
 /// Requests passed through, by status class.
 pub const PASSTHROUGH: &str = "sse_proxy_passthrough_requests_total";
 /// Tokens per downstream batch.
@@ -124,20 +128,65 @@ pub struct Prometheus {
     pub metrics: Arc<Metrics>,
     /// Renders the recorder for `/metrics`.
     pub handle: PrometheusHandle,
+    /// The recorder, for the metrics labelled by a configured route.
+    recorder: Arc<PrometheusRecorder>,
 }
 
 impl Prometheus {
-    /// Registers the proxy's metrics in `recorder` (which the caller may then install globally).
-    pub fn register(recorder: &PrometheusRecorder) -> Self {
+    /// Registers the proxy's metrics in `recorder`; [`Prometheus::global`] is what to install
+    /// globally.
+    pub fn register(recorder: PrometheusRecorder) -> Self {
         Prometheus {
-            metrics: Arc::new(Metrics::register(recorder)),
+            metrics: Arc::new(Metrics::register(&recorder)),
             handle: recorder.handle(),
+            recorder: Arc::new(recorder),
         }
     }
 
     /// The proxy's metrics in a [`recorder`] of their own, installed nowhere (one per test proxy).
     pub fn standalone() -> Result<Self, RecorderError> {
-        Ok(Prometheus::register(&recorder()?))
+        Ok(Prometheus::register(recorder()?))
+    }
+
+    /// The same recorder, to install as the process's global one.
+    pub fn global(&self) -> SharedRecorder {
+        SharedRecorder(self.recorder.clone())
+    }
+
+    /// The counter `name{route="<route>"}`, registered (and exported at 0) now.
+    pub fn route_counter(&self, name: &'static str, route: &str) -> Counter {
+        let key = Key::from_parts(name, vec![Label::new("route", route.to_string())]);
+        self.recorder.register_counter(&key, &METADATA)
+    }
+}
+
+/// A [`PrometheusRecorder`] shared by the proxy and the global `metrics` macros.
+#[derive(Debug, Clone)]
+pub struct SharedRecorder(Arc<PrometheusRecorder>);
+
+impl Recorder for SharedRecorder {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: metrics::SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: metrics::SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: metrics::SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.0.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.0.register_gauge(key, metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.register_histogram(key, metadata)
     }
 }
 
@@ -221,6 +270,8 @@ pub struct Metrics {
     pub streams_finished: Family<FinishedOutcome>,
     /// [`UPSTREAM_EVENTS`].
     pub upstream_events: Counter,
+    /// [`UPSTREAM_DROPPED`].
+    pub upstream_dropped: Family<DroppedReason>,
     /// [`DOWNSTREAM_EVENTS`].
     pub downstream_events: Counter,
     /// [`TOKENS`].
@@ -284,6 +335,7 @@ impl Metrics {
             streams_started: counter(STREAMS_STARTED),
             streams_finished: Family::register(recorder, STREAMS_FINISHED),
             upstream_events: counter(UPSTREAM_EVENTS),
+            upstream_dropped: Family::register(recorder, UPSTREAM_DROPPED),
             downstream_events: counter(DOWNSTREAM_EVENTS),
             tokens: counter(TOKENS),
             heartbeats: counter(HEARTBEATS),
@@ -343,7 +395,18 @@ fn describe<R: Recorder + ?Sized>(r: &R) {
     gauge(LOG_BYTES, Some(Unit::Bytes), "Bytes held by all stream logs.");
     counter(STREAMS_STARTED, "Streams started.");
     counter(STREAMS_FINISHED, "Streams finished, by outcome.");
-    counter(UPSTREAM_EVENTS, "SSE events read from upstreams.");
+    counter(
+        UPSTREAM_EVENTS,
+        "SSE events (or NDJSON lines) read from upstreams.",
+    );
+    counter(
+        UPSTREAM_DROPPED,
+        "Upstream events not sent on, by reason (progress while the proxy sends its own, ping, empty_token, no_text).",
+    );
+    counter(
+        FORMAT_MISMATCH,
+        "Stream answers passed through unchanged because their content type did not fit the route's format, by route.",
+    );
     counter(
         DOWNSTREAM_EVENTS,
         "SSE events appended to stream logs (downstream / upstream is the batching saving).",

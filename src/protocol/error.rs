@@ -20,11 +20,13 @@ pub enum ErrorCode {
     Internal,
     /// The replica reading the answer stopped renewing its lease before the answer was complete.
     UpstreamLost,
+    /// The backend itself reported an error in its stream (its message is sent instead of ours).
+    UpstreamError,
 }
 
 impl ErrorCode {
     /// Every code, in the order `PROTOCOL.md` lists them.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::UpstreamReset,
         ErrorCode::UpstreamTimeout,
         ErrorCode::UpstreamMalformed,
@@ -33,6 +35,7 @@ impl ErrorCode {
         ErrorCode::Evicted,
         ErrorCode::Internal,
         ErrorCode::UpstreamLost,
+        ErrorCode::UpstreamError,
     ];
 
     /// The wire and metric code.
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Evicted => "evicted",
             ErrorCode::Internal => "internal",
             ErrorCode::UpstreamLost => "upstream_lost",
+            ErrorCode::UpstreamError => "upstream_error",
         }
     }
 
@@ -60,6 +64,7 @@ impl ErrorCode {
             ErrorCode::Evicted => "this connection fell too far behind and the events it missed were dropped",
             ErrorCode::Internal => "the proxy failed while streaming this answer",
             ErrorCode::UpstreamLost => "the proxy reading this answer stopped before it was complete",
+            ErrorCode::UpstreamError => "the backend reported an error",
         }
     }
 
@@ -96,6 +101,7 @@ mod tests {
                 ("evicted", false),
                 ("internal", true),
                 ("upstream_lost", false),
+                ("upstream_error", true),
             ]
         );
     }

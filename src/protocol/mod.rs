@@ -99,6 +99,33 @@ pub fn error(code: ErrorCode) -> String {
     .unwrap_or_default()
 }
 
+/// The data of the `error` event that ends a stream whose backend reported an error itself:
+/// `{"code":"upstream_error","message":<the backend's>,"recoverable":<the backend's>}`.
+pub fn upstream_error(message: &str, recoverable: bool) -> String {
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        code: &'static str,
+        message: &'a str,
+        recoverable: bool,
+    }
+    // Serializing two strs and a bool cannot fail.
+    serde_json::to_string(&Error {
+        code: ErrorCode::UpstreamError.as_str(),
+        message,
+        recoverable,
+    })
+    .unwrap_or_default()
+}
+
+/// The data of the proxy's `done` when the upstream sent one of its own, or left fields for it
+/// (`finish_reason`, `usage`, statistics): those fields with `total_tokens` added when absent.
+pub fn done_with(mut fields: serde_json::Map<String, serde_json::Value>, total_tokens: u64) -> String {
+    fields
+        .entry("total_tokens")
+        .or_insert_with(|| total_tokens.into());
+    serde_json::Value::Object(fields).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +184,25 @@ mod tests {
             &error_frame(ErrorCode::Evicted)[..],
             &b"event: error\ndata: {\"code\":\"evicted\",\"message\":\"this connection fell too far behind and the events it missed were dropped\",\"recoverable\":false}\n\n"[..]
         );
+    }
+
+    #[test]
+    fn upstream_error_and_merged_done() {
+        assert_eq!(
+            upstream_error("boom \"x\"", false),
+            r#"{"code":"upstream_error","message":"boom \"x\"","recoverable":false}"#
+        );
+        let fields = serde_json::json!({"status": "complete"});
+        let serde_json::Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        assert_eq!(
+            done_with(fields.clone(), 5),
+            r#"{"status":"complete","total_tokens":5}"#
+        );
+        let mut own = fields;
+        own.insert("total_tokens".into(), 9.into());
+        assert_eq!(done_with(own, 5), r#"{"status":"complete","total_tokens":9}"#);
     }
 
     #[test]

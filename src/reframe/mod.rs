@@ -7,11 +7,14 @@
 
 pub mod batcher;
 pub mod body;
+pub mod format;
+pub mod lines;
 mod store_writer;
 pub mod token;
 
 use crate::cluster::{Admitted, SharedHistory};
-use crate::metrics::Metrics;
+use crate::config::UpstreamFormat;
+use crate::metrics::{DroppedReason, Metrics};
 use crate::progress::{Cadence, Learner, Tracker};
 use crate::protocol::{self, ErrorCode};
 use crate::sse::{Event, Parser};
@@ -20,8 +23,10 @@ use crate::stream::{Outcome, Registry, Stream};
 use batcher::{Batcher, Limits};
 use body::BodyError;
 use bytes::Bytes;
+use format::{Action, BackendError, Dialect, Framing, Input};
 use http_body::Body;
 use http_body_util::BodyExt;
+use lines::Lines;
 use std::sync::Arc;
 use std::time::Duration;
 use store_writer::StoreWriter;
@@ -39,6 +44,48 @@ pub struct RouteSettings {
     pub token_path: Option<token::Pointer>,
     /// Upstream events that end the stream.
     pub terminal_events: Vec<String>,
+    /// The upstream's dialect.
+    pub format: UpstreamFormat,
+    /// `sse`: data values that end the stream.
+    pub terminal_data: Vec<String>,
+    /// `sse`: empty token text is not a token.
+    pub skip_empty_tokens: bool,
+    /// `sse`: events that carry the backend's own error.
+    pub error_events: Vec<String>,
+}
+
+impl RouteSettings {
+    /// A `format = "sse"` route with the defaults: tokens are the raw data of `message` events,
+    /// `done` ends, `error` is the backend's error.
+    pub fn sse(label: &str) -> RouteSettings {
+        RouteSettings {
+            label: label.into(),
+            token_event: protocol::EVENT_MESSAGE.into(),
+            token_path: None,
+            terminal_events: vec![protocol::EVENT_DONE.into()],
+            format: UpstreamFormat::Sse,
+            terminal_data: Vec::new(),
+            skip_empty_tokens: false,
+            error_events: vec![protocol::EVENT_ERROR.into()],
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test() -> RouteSettings {
+        RouteSettings::sse("/r")
+    }
+}
+
+/// How the upstream body is split into items.
+enum Splitter {
+    Sse(Parser),
+    Lines(Lines),
+}
+
+/// One upstream item, owned.
+enum Item {
+    Event(Event),
+    Line(String),
 }
 
 /// Settings shared by every stream's reader.
@@ -91,6 +138,8 @@ enum End {
     Cancelled,
     /// An error event with this code.
     Error(ErrorCode),
+    /// The backend reported this error itself.
+    Backend(BackendError),
 }
 
 /// How a stream that ended with `code` is counted.
@@ -111,7 +160,8 @@ pub struct Reader<B> {
     settings: ReaderSettings,
     registry: Arc<Registry>,
     store: store::Handle,
-    parser: Parser,
+    splitter: Splitter,
+    dialect: Dialect,
     batcher: Batcher,
     progress: Option<Tracker>,
     arrived: Instant,
@@ -151,7 +201,11 @@ where
         let settings = shared.settings;
         Reader {
             metrics: shared.registry.metrics().clone(),
-            parser: Parser::new(settings.max_event_bytes),
+            splitter: match Framing::of(route.format) {
+                Framing::Sse => Splitter::Sse(Parser::new(settings.max_event_bytes)),
+                Framing::Lines => Splitter::Lines(Lines::new(settings.max_event_bytes)),
+            },
+            dialect: Dialect::new(&route),
             batcher: Batcher::new(settings.batching),
             stream,
             body,
@@ -274,7 +328,20 @@ where
 
     /// The end of the upstream body: a complete answer only when it ends between events.
     fn at_eof(&mut self) -> End {
-        if self.parser.finish() {
+        let cut = match &mut self.splitter {
+            Splitter::Sse(p) => p.finish(),
+            Splitter::Lines(l) => match l.take_rest() {
+                // A last line without its line end is still whole when it is whole JSON.
+                Some(rest) if serde_json::from_str::<serde::de::IgnoredAny>(&rest).is_ok() => {
+                    if let Some(end) = self.on_item("", &rest) {
+                        return end;
+                    }
+                    false
+                }
+                rest => rest.is_some(),
+            },
+        };
+        if cut {
             // A close-delimited body cut mid-event looks like a clean end to HTTP.
             tracing::warn!("upstream body ended in the middle of an event");
             return End::Error(ErrorCode::UpstreamReset);
@@ -282,12 +349,24 @@ where
         End::Eof
     }
 
-    /// Parses a chunk and handles its events; `Some` when the stream must end.
+    /// Splits a chunk and handles its items; `Some` when the stream must end.
     fn feed(&mut self, data: Bytes) -> Option<End> {
-        let result = self.parser.feed(data);
-        while let Some(ev) = self.parser.next_event() {
-            if let Some(end) = self.on_event(ev) {
-                return Some(end);
+        let result = match &mut self.splitter {
+            Splitter::Sse(p) => p.feed(data).map_err(|e| e.to_string()),
+            Splitter::Lines(l) => l.feed(&data).map_err(|e| e.to_string()),
+        };
+        loop {
+            let item = match &mut self.splitter {
+                Splitter::Sse(p) => p.next_event().map(Item::Event),
+                Splitter::Lines(l) => l.next_line().map(Item::Line),
+            };
+            let end = match item {
+                None => break,
+                Some(Item::Event(ev)) => self.on_item(ev.event.as_str(), ev.data.as_str()),
+                Some(Item::Line(line)) => self.on_item("", &line),
+            };
+            if end.is_some() {
+                return end;
             }
         }
         match result {
@@ -299,28 +378,47 @@ where
         }
     }
 
-    fn on_event(&mut self, ev: Event) -> Option<End> {
+    /// Handles one upstream event or line as the route's format reads it.
+    fn on_item(&mut self, event: &str, data: &str) -> Option<End> {
         self.metrics.upstream_events.increment(1);
         let now = Instant::now();
-        let name = ev.event.as_str();
-        if name == self.route.token_event {
-            if let Some(tok) = token::extract(ev.data.as_str(), self.route.token_path.as_ref()) {
-                self.first_token.get_or_insert(now);
-                self.last_token = Some(now);
-                if let Some(batch) = self.batcher.push(&tok, now) {
-                    self.send_batch(batch, now);
-                }
-                return None;
+        match self.dialect.read(Input { event, data }) {
+            Action::Token(tok) => self.on_token(&tok, now),
+            Action::Drop(reason) => self.metrics.upstream_dropped.increment(reason),
+            // The proxy's own progress events replace the upstream's.
+            Action::Pass if event == protocol::EVENT_PROGRESS && self.progress.is_some() => {
+                self.metrics.upstream_dropped.increment(DroppedReason::Progress);
             }
-            tracing::debug!("token event without token text; passed through");
+            Action::Pass => {
+                self.flush(now);
+                self.append(Some(event), data);
+            }
+            Action::End(terminal) => {
+                if let Some(tok) = terminal.token {
+                    self.on_token(&tok, now);
+                }
+                self.flush(now);
+                self.final_progress(now);
+                if terminal.pass {
+                    self.append(Some(event), data);
+                }
+                return Some(End::Terminal);
+            }
+            Action::Error(e) => return Some(End::Backend(e)),
+            Action::Malformed(why) => {
+                tracing::warn!(why, "upstream sent what its format does not allow");
+                return Some(End::Error(ErrorCode::UpstreamMalformed));
+            }
         }
-        self.flush(now);
-        let terminal = self.route.terminal_events.iter().any(|t| t == name);
-        if terminal {
-            self.final_progress(now);
+        None
+    }
+
+    fn on_token(&mut self, tok: &str, now: Instant) {
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
+        if let Some(batch) = self.batcher.push(tok, now) {
+            self.send_batch(batch, now);
         }
-        self.append(Some(name), ev.data.as_str());
-        terminal.then_some(End::Terminal)
     }
 
     fn append(&mut self, event: Option<&str>, data: &str) {
@@ -375,12 +473,25 @@ where
     fn write_end(&mut self, end: End) -> Outcome {
         let now = Instant::now();
         match end {
-            End::Terminal => Outcome::Completed,
+            End::Terminal => {
+                let done = protocol::done_with(self.dialect.done_fields(), self.tokens);
+                self.append(Some(protocol::EVENT_DONE), &done);
+                Outcome::Completed
+            }
             End::Eof => {
                 self.flush(now);
                 self.final_progress(now);
-                self.append(Some(protocol::EVENT_DONE), &protocol::done(self.tokens, false));
+                let done = protocol::done_with(self.dialect.done_fields(), self.tokens);
+                self.append(Some(protocol::EVENT_DONE), &done);
                 Outcome::Completed
+            }
+            End::Backend(e) => {
+                self.flush(now);
+                tracing::warn!(message = %e.message, "the backend reported an error");
+                self.metrics.error(ErrorCode::UpstreamError);
+                let data = protocol::upstream_error(&e.message, e.recoverable);
+                self.append(Some(protocol::EVENT_ERROR), &data);
+                Outcome::Error
             }
             End::Cancelled => {
                 self.flush(now);
@@ -526,12 +637,7 @@ mod tests {
         let frames: Frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
         }));
-        let route = Arc::new(RouteSettings {
-            label: "/r".into(),
-            token_event: "message".into(),
-            token_path: None,
-            terminal_events: vec!["done".into()],
-        });
+        let route = Arc::new(RouteSettings::for_test());
         let shared = Shared {
             settings: ReaderSettings {
                 batching: Limits {

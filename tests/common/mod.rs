@@ -480,15 +480,29 @@ pub fn text_of(events: &[Ev]) -> String {
         .collect()
 }
 
-/// Asserts an answer starts with the reference `thinking` event and ends with its `done`, unchanged.
+/// Asserts an answer starts with the reference `thinking` event and ends with its `done`.
 pub fn assert_thinking_then_done(events: &[Ev]) {
     assert_eq!(events[0].event, "thinking");
     assert_eq!(events[0].data, r#"{"status": "thinking"}"#);
+    assert_upstream_done(events);
+}
+
+/// Asserts the last event is the one `done`: the upstream's `{"status": "complete"}` with the
+/// answer's `total_tokens` added.
+pub fn assert_upstream_done(events: &[Ev]) {
     let last = events.last().expect("events");
+    let total: u64 = events
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| e.json()["batch_size"].as_u64().expect("batch_size"))
+        .sum();
+    assert_eq!(last.event, "done", "{events:?}");
     assert_eq!(
-        (last.event.as_str(), last.data.as_str()),
-        ("done", r#"{"status": "complete"}"#)
+        last.json(),
+        serde_json::json!({"status": "complete", "total_tokens": total})
     );
+    let dones = events.iter().filter(|e| e.event == "done").count();
+    assert_eq!(dones, 1, "one done: {events:?}");
 }
 
 /// Asserts the ids are `<stream>:1..=n` in order, all of one stream.
