@@ -644,7 +644,7 @@ mod tests {
             let mut c = Cursor::remote(remote, 1, Bytes::new(), settings, metrics);
             c.next_chunk().await;
             for _ in 0..3 {
-                assert_eq!(s(c.next_chunk().await), ": heartbeat\n\n");
+                assert_eq!(s(c.next_chunk().await), ": heartbeat\n");
             }
             assert_eq!(
                 store.follow(id, 7, 1).await,

@@ -401,7 +401,7 @@ mod tests {
     fn no_standalone_retry_and_a_lone_comment_heartbeat() {
         assert!(Dialect::OpenAi.preamble(1000).is_empty());
         assert_eq!(&Dialect::OpenAi.heartbeat()[..], b": heartbeat\n");
-        assert_eq!(&Dialect::Native.preamble(1000)[..], b"retry: 1000\n\n");
+        assert_eq!(&Dialect::Native.preamble(1000)[..], b"retry: 1000\n");
     }
 
     #[test]
