@@ -27,24 +27,7 @@ async fn a_resume_on_another_replica_replays_from_redis_then_tails_live() {
     let a = proxy(up.addr, |c| on_redis(c, &redis.url())).await;
     let b = proxy(up.addr, |c| on_redis(c, &redis.url())).await;
 
-    let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
-    assert_eq!(resp.status(), 200);
-    let sid = stream_id_of(&resp);
-    let mut all = Events::new(resp).take(3).await;
-    assert_eq!(all.len(), 3);
-    let key = parse_stream_id(&sid);
-    assert!(b.app.registry.get(&key).is_none(), "B does not read it");
-
-    let last = all[2].id.clone().expect("event id");
-    let resp = get(&format!("http://{}/stream", b.addr), &[("last-event-id", &last)]).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(stream_id_of(&resp), sid);
-    all.extend(Events::new(resp).all().await);
-    assert_gapless(&all, 1);
-    assert_eq!(text_of(&all), tokens.concat());
-    assert_eq!(all.last().map(|e| e.event.as_str()), Some("done"));
-    assert_eq!(up.requests(), 1, "one upstream request");
-    assert!(b.app.registry.get(&key).is_none(), "B only read Redis");
+    assert_resume_crosses_replicas(&a, &b, &up, &tokens).await;
 }
 
 /// A loopback port nothing listens on.

@@ -605,3 +605,32 @@ pub fn seen_uris(seen: &Seen) -> Vec<String> {
         .map(|p| p.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_string())
         .collect()
 }
+
+/// Starts a stream on `a`, reads three events, resumes on `b` (which does not read it) and checks
+/// that the client gets exactly `tokens`, gapless, from one upstream request, `b` replaying and
+/// tailing the shared store.
+pub async fn assert_resume_crosses_replicas(
+    a: &TestProxy,
+    b: &TestProxy,
+    up: &MockUpstream,
+    tokens: &[String],
+) {
+    let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let sid = stream_id_of(&resp);
+    let mut all = Events::new(resp).take(3).await;
+    assert_eq!(all.len(), 3);
+    let key = parse_stream_id(&sid);
+    assert!(b.app.registry.get(&key).is_none(), "B does not read it");
+
+    let last = all[2].id.clone().expect("event id");
+    let resp = get(&format!("http://{}/stream", b.addr), &[("last-event-id", &last)]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(stream_id_of(&resp), sid);
+    all.extend(Events::new(resp).all().await);
+    assert_gapless(&all, 1);
+    assert_eq!(text_of(&all), tokens.concat());
+    assert_eq!(all.last().map(|e| e.event.as_str()), Some("done"));
+    assert_eq!(up.requests(), 1, "one upstream request");
+    assert!(b.app.registry.get(&key).is_none(), "B only read Redis");
+}
