@@ -382,6 +382,59 @@ async fn ollama_ndjson_is_reframed_with_ids_resume_and_its_statistics_in_done() 
 }
 
 #[tokio::test]
+async fn ollama_behind_and_openai_chunks_in_front_resume_exactly() {
+    let tokens = tricky_tokens(30);
+    let lines = ollama_lines(&tokens);
+    let up = MockUpstream::start(move |_, _| reply("application/x-ndjson", &lines)).await;
+    let route = "[[stream]]\npath = \"/api/chat\"\nformat = \"ollama\"\nemit = \"openai\"";
+    let p = proxy_routes(up.addr, route).await;
+    // A cut after two chunks, then a resume (the last frame holds two events: the finish chunk and
+    // `[DONE]`, so ids are checked here, not with assert_gapless).
+    let url = format!("http://{}/api/chat", p.addr);
+    let mut evs = Events::new(send("POST", &url, &[("content-type", "application/json")], "{}").await);
+    let mut events = evs.take(2).await;
+    drop(evs);
+    let last = events
+        .last()
+        .and_then(|e| e.id.clone())
+        .expect("an id to resume from");
+    let resumed = send("POST", &url, &[("last-event-id", &last)], "{}").await;
+    assert_eq!(resumed.status(), 200);
+    events.extend(Events::new(resumed).all().await);
+    // The finish chunk carries no id of its own (the `[DONE]` after it in the frame does).
+    let mut seqs: Vec<u64> = events.iter().map(Ev::seq).collect();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+    assert!(events.iter().all(|e| e.event == "message"), "{events:?}");
+    assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .map(Ev::json)
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, tokens.concat());
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let roles = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["role"] == "assistant")
+        .count();
+    assert_eq!(roles, 1, "the role on the first chunk only");
+    assert_eq!(
+        chunks.last().map(|c| c["choices"][0]["finish_reason"].clone()),
+        Some(json!("stop"))
+    );
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
 async fn an_ndjson_line_over_the_event_limit_is_malformed() {
     let lines = vec![format!("{{\"response\":\"{}\"}}\n", "x".repeat(4096))];
     let up = MockUpstream::start(move |_, _| reply("application/x-ndjson", &lines)).await;
