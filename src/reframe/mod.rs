@@ -958,6 +958,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_failed_lease_refresh_is_tried_again_at_the_next_tick() {
+        let gate = Gate::new(memory_store());
+        let mut r = start(gate.clone(), 1 << 20);
+        r.cursor.next_chunk().await;
+        // Shown once stored: the record is in the store, so its lease is refreshed from now on.
+        r.send("a");
+        r.read_until(r#""content":"a""#).await;
+        gate.fail(true);
+        // The first refresh is due a third of the lease after the start.
+        for _ in 0..40 {
+            if gate.refreshes() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(gate.refreshes(), 1, "the first refresh, failed");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A third of the 5 s lease would be 1.67 s: by then two failures could lapse the lease.
+        assert!(gate.refreshes() >= 2, "{} refreshes", gate.refreshes());
+        gate.fail(false);
+        r.done();
+        r.read_until("event: done").await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_store_that_does_not_answer_leaves_the_answer_live() {
         let memory = memory_store();
         let gate = Gate::new(memory.clone());

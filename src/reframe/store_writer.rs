@@ -266,6 +266,9 @@ impl<'s> StoreWriter<'s> {
             Done::Refreshed(Err(e)) => {
                 tracing::debug!(error = %e, "lease refresh failed");
                 self.metrics.store_errors.increment(StoreOp::Refresh);
+                // Tried again at the next tick, not a third of a lease later: two failures in a row
+                // would otherwise let the lease lapse, and other replicas declare a live stream lost.
+                self.lease_at = Instant::now();
             }
             Done::ClaimRefreshed(Ok(())) => {}
             Done::ClaimRefreshed(Err(e)) => {

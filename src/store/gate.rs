@@ -20,6 +20,7 @@ pub struct Gate {
     failing: AtomicBool,
     waiting: AtomicUsize,
     appends: Mutex<Vec<(u64, usize)>>,
+    refreshes: AtomicUsize,
 }
 
 /// Counts a write waiting at the gate while it exists.
@@ -40,6 +41,7 @@ impl Gate {
             failing: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             appends: Mutex::new(Vec::new()),
+            refreshes: AtomicUsize::new(0),
         })
     }
 
@@ -66,6 +68,11 @@ impl Gate {
     /// `(first seq, frames)` of every batch that passed the gate to `append`, in order.
     pub fn appends(&self) -> Vec<(u64, usize)> {
         lock(&self.appends).clone()
+    }
+
+    /// Lease refreshes asked for so far, failed ones included.
+    pub fn refreshes(&self) -> usize {
+        self.refreshes.load(Ordering::SeqCst)
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -144,6 +151,7 @@ impl Store for Gate {
     }
 
     fn refresh_lease(&self, id: StreamId) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             self.check()?;
             self.inner.refresh_lease(id).await
