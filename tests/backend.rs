@@ -292,16 +292,7 @@ fn a_missing_venv_fails_unless_run_by_hand() {
 
 /// A proxy in front of the backend with its OpenAI and Ollama endpoints as stream routes.
 async fn dialect_proxy(backend: SocketAddr) -> TestProxy {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "2s"
-
-[upstream]
-url = "http://{backend}"
-
+    let routes = r#"
 [[stream]]
 path = "/v1/chat/completions"
 format = "openai"
@@ -313,9 +304,8 @@ format = "ollama"
 [[stream]]
 path = "/api/generate"
 format = "ollama"
-"#
-    );
-    proxy_with(Config::from_toml_str(&text, "<test>").expect("config")).await
+"#;
+    proxy_routes(backend, routes).await
 }
 
 /// Posts `body` to `path`, reads `first` events, drops the connection and resumes after them;

@@ -8,28 +8,7 @@ use bytes::Bytes;
 use common::*;
 use serde_json::json;
 use sse_proxy::config::Config;
-use std::net::SocketAddr;
 use std::time::Duration;
-
-/// A proxy in front of `up` with these `[[stream]]` tables (and `extra` config).
-async fn proxy_routes(up: SocketAddr, routes: &str) -> TestProxy {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "2s"
-
-[upstream]
-url = "http://{up}"
-connect_timeout = "2s"
-response_timeout = "5s"
-
-{routes}
-"#
-    );
-    proxy_with(Config::from_toml_str(&text, "<test>").expect("config")).await
-}
 
 /// An answer of `content_type` made of these lines, each sent as its own chunk.
 fn reply(content_type: &str, chunks: &[String]) -> Reply {

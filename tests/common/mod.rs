@@ -330,9 +330,10 @@ impl Drop for TestProxy {
     }
 }
 
-/// The base config used by tests: one stream route `/stream` (and `/s/*`), token at `/content`.
-pub fn base_config(upstream: SocketAddr) -> Config {
-    let text = format!(
+/// A test config's text: loopback listeners on free ports, `upstream` as the backend, then `routes`
+/// (`[[stream]]` tables and any other config).
+fn config_text(upstream: SocketAddr, routes: &str) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -344,6 +345,14 @@ url = "http://{upstream}"
 connect_timeout = "2s"
 response_timeout = "5s"
 
+{routes}
+"#
+    )
+}
+
+/// The base config used by tests: one stream route `/stream` (and `/s/*`), token at `/content`.
+pub fn base_config(upstream: SocketAddr) -> Config {
+    let routes = r#"
 [[stream]]
 path = "/stream"
 token_path = "/content"
@@ -352,9 +361,14 @@ model_from = "query:model"
 [[stream]]
 path = "/s/*"
 token_path = "/content"
-"#
-    );
-    Config::from_toml_str(&text, "<test>").expect("base config")
+"#;
+    Config::from_toml_str(&config_text(upstream, routes), "<test>").expect("base config")
+}
+
+/// A proxy in front of `upstream` with these `[[stream]]` tables (and any other config) instead of
+/// the base config's routes.
+pub async fn proxy_routes(upstream: SocketAddr, routes: &str) -> TestProxy {
+    proxy_with(Config::from_toml_str(&config_text(upstream, routes), "<test>").expect("config")).await
 }
 
 /// Starts a proxy in front of `upstream` with `edit` applied to the base config.
