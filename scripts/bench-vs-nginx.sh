@@ -16,26 +16,16 @@
 # both sides in the server under test): the script raises the soft limit to the hard one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/built_executables.sh
+. scripts/built_executables.sh
 
 echo "==> bench: building the release proxy and the driver"
 built=$({
   cargo build --release --bin sse-proxy --message-format=json-render-diagnostics
   cargo build --release --example bench_vs_nginx --message-format=json-render-diagnostics
-} |
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])
-')
-proxy=$(awk '$1 == "sse-proxy" { print $2 }' <<<"$built")
-driver=$(awk '$1 == "bench_vs_nginx" { print $2 }' <<<"$built")
-if [ ! -x "$proxy" ] || [ ! -x "$driver" ]; then
-  echo "error: cargo reported no release sse-proxy or bench_vs_nginx:" >&2
-  echo "$built" >&2
-  exit 1
-fi
+} | built_executables)
+proxy=$(built_path sse-proxy)
+driver=$(built_path bench_vs_nginx)
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 args=(run --proxy "$proxy")

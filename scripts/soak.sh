@@ -12,6 +12,8 @@
 #   SOAK_WORKERS=32 scripts/soak.sh 300      # more concurrent clients, longer
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/built_executables.sh
+. scripts/built_executables.sh
 
 seconds=${1:-60}
 if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
@@ -26,21 +28,9 @@ echo "==> soak: building the release proxy and the driver"
 built=$({
   cargo build --release --bin sse-proxy --message-format=json-render-diagnostics
   cargo build --example soak --message-format=json-render-diagnostics
-} |
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])
-')
-proxy=$(awk '$1 == "sse-proxy" { print $2 }' <<<"$built")
-driver=$(awk '$1 == "soak" { print $2 }' <<<"$built")
-if [ ! -x "$proxy" ] || [ ! -x "$driver" ]; then
-  echo "error: cargo reported no release sse-proxy or soak driver:" >&2
-  echo "$built" >&2
-  exit 1
-fi
+} | built_executables)
+proxy=$(built_path sse-proxy)
+driver=$(built_path soak)
 
 log=$(mktemp "${TMPDIR:-/tmp}/sse-proxy-soak.XXXXXX.log")
 args=(--proxy "$proxy" --seconds "$seconds" --log "$log")
