@@ -171,7 +171,7 @@ mod tests {
     use super::*;
     use crate::log::LogBudget;
     use crate::store::gate::Gate;
-    use crate::store::{MemoryStore, StoreSettings};
+    use crate::store::MemoryStore;
 
     fn admission(store: Arc<dyn Store>, max_streams: usize) -> (Arc<Registry>, Admission) {
         let metrics = Arc::new(Metrics::noop());
@@ -193,12 +193,7 @@ mod tests {
     }
 
     fn memory() -> Arc<MemoryStore> {
-        let settings = StoreSettings {
-            max_stream_bytes: 1 << 20,
-            lease: Duration::from_secs(5),
-            retention: Duration::from_secs(60),
-        };
-        Arc::new(MemoryStore::new(settings, usize::MAX))
+        MemoryStore::for_tests()
     }
 
     #[tokio::test(start_paused = true)]

@@ -106,15 +106,10 @@ impl SharedHistory {
 mod tests {
     use super::*;
     use crate::progress::Options;
-    use crate::store::{MemoryStore, StoreSettings};
+    use crate::store::MemoryStore;
 
     fn store() -> Arc<MemoryStore> {
-        let settings = StoreSettings {
-            max_stream_bytes: 1 << 20,
-            lease: Duration::from_secs(5),
-            retention: Duration::from_secs(60),
-        };
-        Arc::new(MemoryStore::new(settings, usize::MAX))
+        MemoryStore::for_tests()
     }
 
     fn shared(store: Arc<MemoryStore>) -> (Arc<Learner>, Arc<SharedHistory>) {

@@ -574,7 +574,7 @@ mod tests {
     use crate::ids::StreamId;
     use crate::log::{LogBudget, MemoryLog, Read};
     use crate::store::gate::Gate;
-    use crate::store::{Batch, MemoryStore, State as StoreState, Store, StoreSettings};
+    use crate::store::{Batch, MemoryStore, State as StoreState, Store};
     use http_body::Frame;
     use http_body_util::StreamBody;
     use std::pin::Pin;
@@ -591,12 +591,7 @@ mod tests {
     }
 
     fn memory_store() -> Arc<MemoryStore> {
-        let settings = StoreSettings {
-            max_stream_bytes: 1 << 20,
-            lease: Duration::from_secs(5),
-            retention: Duration::from_secs(60),
-        };
-        Arc::new(MemoryStore::new(settings, usize::MAX))
+        MemoryStore::for_tests()
     }
 
     fn start(gate: Arc<Gate>, max_log: usize) -> Running {

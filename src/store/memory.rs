@@ -67,6 +67,17 @@ impl MemoryStore {
         }
     }
 
+    /// The store unit tests use: 1 MiB per stream, a 5 s lease, 60 s retention, no total bound.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> std::sync::Arc<Self> {
+        let settings = StoreSettings {
+            max_stream_bytes: 1 << 20,
+            lease: std::time::Duration::from_secs(5),
+            retention: std::time::Duration::from_secs(60),
+        };
+        std::sync::Arc::new(MemoryStore::new(settings, usize::MAX))
+    }
+
     /// Bytes held by all streams, bookkeeping included.
     pub fn held_bytes(&self) -> usize {
         self.held.load(Ordering::Relaxed)

@@ -162,17 +162,12 @@ mod tests {
     use super::*;
     use crate::metrics::Prometheus;
     use crate::store::gate::Gate;
-    use crate::store::{MemoryStore, StoreSettings};
+    use crate::store::MemoryStore;
     use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
     fn memory() -> Arc<MemoryStore> {
-        let settings = StoreSettings {
-            max_stream_bytes: 1 << 20,
-            lease: Duration::from_secs(5),
-            retention: Duration::from_secs(60),
-        };
-        Arc::new(MemoryStore::new(settings, usize::MAX))
+        MemoryStore::for_tests()
     }
 
     fn count(text: &str, op: &str) -> f64 {
