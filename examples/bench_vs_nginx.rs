@@ -12,7 +12,7 @@
 //! 50 tok/s), `c8000` (8,000 concurrent, 100 tokens at 5 tok/s) and `resume` (replaying a
 //! 2,000-event log to a resuming client). Without presets: all of them.
 //! `--baseline PATH` measures a second sse-proxy binary too (before/after a change, in one run).
-//! `--perf FILE` records `perf record -g` of the proxy during the `c500` load into FILE.
+//! `--perf FILE` records `perf record -g` of the proxy during each preset's load into FILE.<preset>.
 //! `bench_vs_nginx upstream [--listen ADDR]` runs the token emitter alone.
 //!
 //! The emitter answers any path; the query sets the answer: `tokens=N` (100), `rate=R` tokens per
@@ -898,9 +898,9 @@ async fn run_preset(
         let pids = server.pids();
         let cpu0: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
         let perf = match (&args.perf, target, preset.name) {
-            (Some(out), "sse-proxy", "c500") => Command::new("perf")
+            (Some(out), "sse-proxy", _) => Command::new("perf")
                 .args(["record", "-g", "-q", "-o"])
-                .arg(out)
+                .arg(format!("{}.{}", out.display(), preset.name))
                 .arg("-p")
                 .arg(pids[0].to_string())
                 .stdout(Stdio::null())

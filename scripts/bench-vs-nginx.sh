@@ -8,7 +8,7 @@
 #
 #   scripts/bench-vs-nginx.sh                    # every preset: fast c50 c500 c8000 resume
 #   scripts/bench-vs-nginx.sh fast c50           # some of them
-#   BENCH_PERF=/tmp/c500.perf scripts/bench-vs-nginx.sh c500   # also `perf record -g` the proxy at c500
+#   BENCH_PERF=/tmp/perf scripts/bench-vs-nginx.sh c500   # also `perf record -g` the proxy into /tmp/perf.c500
 #   BENCH_BASELINE=/tmp/sse-proxy-before scripts/bench-vs-nginx.sh c500   # two proxy builds in one run
 #
 # nginx: Debian's (`apt-get install nginx-light` or `nginx`); without it the nginx rows are skipped.
