@@ -157,8 +157,9 @@ impl Remote {
                 metrics.streams_lost.increment(1);
                 Ok(())
             }
-            // The reader wrote meanwhile (it is alive), or the stream ended anyway.
-            Err(StoreError::Conflict { .. }) | Err(StoreError::Finished(_)) => Ok(()),
+            // The reader wrote or refreshed its lease meanwhile (it is alive), or the stream ended
+            // anyway.
+            Err(StoreError::Conflict { .. } | StoreError::LeaseHeld | StoreError::Finished(_)) => Ok(()),
             Err(e) => Err((StoreOp::Finish, e)),
         }
     }

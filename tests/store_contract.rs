@@ -63,6 +63,11 @@ async fn concurrent_appenders_and_readers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_held_lease_refuses_a_lost_finish() {
+    contract::a_held_lease_refuses_a_lost_finish(MEMORY).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn lease_expiry_is_visible() {
     contract::lease_expiry_is_visible(MEMORY).await;
 }

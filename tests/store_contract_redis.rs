@@ -49,6 +49,7 @@ redis_case!(
     concurrent_appenders_and_readers,
     (flavor = "multi_thread", worker_threads = 4)
 );
+redis_case!(a_held_lease_refuses_a_lost_finish);
 redis_case!(lease_expiry_is_visible);
 redis_case!(streams_expire);
 redis_case!(remove_then_not_found);

@@ -1016,7 +1016,13 @@ mod tests {
         r.cursor.next_chunk().await;
         r.send("a");
         r.read_until(r#""content":"a""#).await;
-        // Another replica ended it as lost.
+        // The store stops answering this reader until its lease lapses; another replica then
+        // ends the stream as lost.
+        gate.fail(true);
+        while !memory.meta(r.stream.id).await.expect("meta").lease_expired {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        gate.fail(false);
         let lost = memory
             .finish(r.stream.id, Outcome::Lost, Batch::new(2, Vec::new()))
             .await;

@@ -20,10 +20,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::{interval_at, timeout_at, Instant, Interval, MissedTickBehavior};
 
-/// How often the writer looks at its clock (stalls, retries, lease).
+/// How often the writer looks at its clock (stalls, retries, lease) at most; a short lease is
+/// looked at more often, so that its refresh has several chances before it lapses.
 const TICK: Duration = Duration::from_millis(500);
-/// Ticks an operation may stay in flight before the stream goes on live-only (1 to 1.5 s).
-const STALL_TICKS: u8 = 3;
+/// How long an operation may stay in flight before the stream goes on live-only (plus a tick).
+const STALL: Duration = Duration::from_secs(1);
 /// First wait before trying a failed store again; doubled up to the lease.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 /// Conflicting last batches tried before the end is left to the store's lease.
@@ -99,8 +100,8 @@ pub(super) struct StoreWriter<'s> {
     /// Seq of the last event appended locally, as the reader last said.
     appended: u64,
     write: Option<InFlight<'s>>,
-    /// Ticks the write in flight has been waiting.
-    write_age: u8,
+    /// When the write in flight was sent.
+    write_at: Instant,
     /// The write in flight was already counted as stalled.
     stalled: bool,
     refresh: Option<BoxFuture<'s, Result<(), StoreError>>>,
@@ -126,7 +127,8 @@ impl<'s> StoreWriter<'s> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();
-        let mut tick = interval_at(now + TICK, TICK);
+        let every = TICK.min(lease / 6).max(Duration::from_millis(10));
+        let mut tick = interval_at(now + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut writer = StoreWriter {
             store,
@@ -139,7 +141,7 @@ impl<'s> StoreWriter<'s> {
             appended: 0,
             write: Some(InFlight::Create(store.create(stream.id, new.clone()))),
             record: new,
-            write_age: 0,
+            write_at: now,
             stalled: false,
             refresh: None,
             claim: None,
@@ -283,8 +285,7 @@ impl<'s> StoreWriter<'s> {
     fn on_tick(&mut self) {
         let now = Instant::now();
         if let Some(write) = self.write.as_ref() {
-            self.write_age = self.write_age.saturating_add(1);
-            if self.write_age == STALL_TICKS && !self.stalled {
+            if now.duration_since(self.write_at) >= STALL && !self.stalled {
                 // Local clients must not wait on a store that does not answer.
                 let op = write.op();
                 self.stalled = true;
@@ -319,7 +320,7 @@ impl<'s> StoreWriter<'s> {
 
     fn start(&mut self, write: InFlight<'s>) {
         self.write = Some(write);
-        self.write_age = 0;
+        self.write_at = Instant::now();
         self.stalled = false;
     }
 
@@ -467,5 +468,51 @@ impl<'s> StoreWriter<'s> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogBudget, MemoryLog};
+    use crate::store::gate::Gate;
+    use crate::store::MemoryStore;
+
+    fn new_stream() -> NewStream {
+        NewStream {
+            owner: None,
+            route: "/r".into(),
+            model: "m".into(),
+            replica: "a".into(),
+        }
+    }
+
+    /// Drives `writer` as the reader's loop does until `until`.
+    async fn drive(writer: &mut StoreWriter<'_>, until: Instant) {
+        while let Ok(done) = timeout_at(until, writer.next()).await {
+            let _ = writer.handle(done);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_lease_has_several_refreshes_before_it_lapses() {
+        let gate = Gate::new(MemoryStore::for_tests());
+        let id = StreamId::random();
+        let log = Arc::new(MemoryLog::staged(id, 1 << 20, Arc::new(LogBudget::default())));
+        let stream = Stream::new(id, "/r".into(), "m".into(), None, log);
+        let lease = Duration::from_secs(1);
+        let metrics = Arc::new(Metrics::noop());
+        let mut writer = StoreWriter::new(&*gate, lease, &stream, new_stream(), metrics);
+        let start = Instant::now();
+        drive(&mut writer, start + Duration::from_millis(100)).await;
+        assert!(writer.created, "the record is in the store");
+        // A store that answers every refresh with an error until the lease would lapse.
+        gate.fail(true);
+        drive(&mut writer, start + lease - Duration::from_millis(1)).await;
+        assert!(
+            gate.refreshes() >= 3,
+            "{} refreshes tried within a 1 s lease",
+            gate.refreshes()
+        );
     }
 }

@@ -516,6 +516,32 @@ pub async fn concurrent_appenders_and_readers(f: &dyn Factory) {
     }
 }
 
+/// Only a lapsed lease lets another replica declare a stream lost: a replica that checked the
+/// metadata just before the owner refreshed must not end a stream that is still being read.
+pub async fn a_held_lease_refuses_a_lost_finish(f: &dyn Factory) {
+    let store = f.store(settings()).await;
+    let id = created(&*store).await;
+    let lost = frame(id, 1, Some("error"), "{\"code\":\"upstream_lost\"}");
+    let refused = store.finish(id, Outcome::Lost, Batch::new(1, vec![lost])).await;
+    assert_eq!(
+        refused,
+        Err(StoreError::LeaseHeld),
+        "the owner still holds its lease"
+    );
+    let m = meta(&*store, id).await;
+    assert_eq!(m.state, State::Running, "the stream goes on");
+    assert_eq!(m.last_seq, 0, "the refused error frame was not stored");
+    let appended = store
+        .append(id, Batch::new(1, vec![frame(id, 1, None, "a")]))
+        .await;
+    assert_eq!(appended, Ok(1), "the owner keeps appending");
+    let done = frame(id, 2, Some("done"), "{}");
+    let kept = store
+        .finish(id, Outcome::Completed, Batch::new(2, vec![done]))
+        .await;
+    assert_eq!(kept, Ok(Outcome::Completed), "the owner itself finishes as usual");
+}
+
 /// A lease runs from the last refresh; a lapsed one shows in the metadata until someone finishes
 /// the stream, which another replica may do.
 pub async fn lease_expiry_is_visible(f: &dyn Factory) {

@@ -117,6 +117,9 @@ pub enum StoreError {
         /// The seq the refused batch started at.
         got: u64,
     },
+    /// A finish declaring the stream lost while its reader still holds the lease: it is alive.
+    #[error("the stream's lease is still held: it is not lost")]
+    LeaseHeld,
     /// A write (append, lease refresh) to a stream that has finished, with the outcome it has.
     #[error("the stream has already finished ({})", .0.as_str())]
     Finished(Outcome),
@@ -290,7 +293,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends the last `batch` (as [`Store::append`]) and marks the stream finished, atomically;
     /// returns the outcome it has. A stream already finished keeps its first outcome and ignores
-    /// the batch.
+    /// the batch. [`Outcome::Lost`] is refused with [`StoreError::LeaseHeld`] while the lease holds,
+    /// checked in the same atomic step.
     fn finish(
         &self,
         id: StreamId,

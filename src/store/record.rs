@@ -95,7 +95,8 @@ impl Record {
     }
 
     /// Appends the last `batch` and marks the stream finished at `now`; a finished stream keeps its
-    /// outcome. Returns the outcome it has.
+    /// outcome, and a running one cannot be declared lost before its lease lapses. Returns the
+    /// outcome it has.
     pub(super) fn finish(
         &mut self,
         outcome: Outcome,
@@ -105,6 +106,9 @@ impl Record {
     ) -> Result<Outcome, StoreError> {
         if let State::Finished(first) = self.state {
             return Ok(first);
+        }
+        if outcome == Outcome::Lost && now < self.lease_until {
+            return Err(StoreError::LeaseHeld);
         }
         self.append(batch, max_bytes)?;
         self.state = State::Finished(outcome);

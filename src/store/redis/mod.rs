@@ -137,6 +137,7 @@ fn refusal(reply: &Reply, got: u64) -> StoreError {
     match reply.first().map(Vec::as_slice) {
         Some(b"nf") => StoreError::NotFound,
         Some(b"exists") => StoreError::Exists,
+        Some(b"held") => StoreError::LeaseHeld,
         Some(b"fin") => match reply.get(1).map(|w| outcome(w)) {
             Some(Ok(o)) => StoreError::Finished(o),
             _ => malformed("finished without an outcome"),

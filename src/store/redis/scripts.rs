@@ -82,6 +82,7 @@ return {'ok', redis.call('HGET', meta, 'last')}
 const FINISH: &str = r#"
 local state = redis.call('HGET', meta, 'state')
 if state ~= 'running' then return {'ok', state} end
+if ARGV[4] == 'lost' and num('lease') > now_ms() then return {'held'} end
 local refused = append(5, tonumber(ARGV[2]))
 if refused then return refused end
 local tail = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
