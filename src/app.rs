@@ -153,8 +153,10 @@ impl App {
     /// streams and open connections keep what they started with. The keys that cannot change
     /// while running (listeners, store, identity, log bounds) must be those of the running
     /// settings: see `reload`.
+    /// Reloads are one at a time (`reload` holds its lock); requests go on meanwhile with the
+    /// current runtime until the swap.
     pub fn apply(&self, settings: Settings) {
-        let mut current = self.runtime.write().unwrap_or_else(PoisonError::into_inner);
+        let current = self.runtime();
         // Progress turned on by a reload learns from then on.
         let learner = current
             .learner
@@ -163,7 +165,7 @@ impl App {
         let (registry, store, metrics) = (&self.registry, &self.store, &self.metrics);
         let next = build_runtime(settings, learner, Some(&current), registry, store, metrics);
         self.admission.set_limits(admit_limits(&next.settings));
-        *current = Arc::new(next);
+        *self.runtime.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
     }
 }
 
@@ -212,8 +214,13 @@ fn build_runtime(
         }
         _ => Arc::new(RateLimit::new(per_second)),
     };
+    let upstream = match previous {
+        // The pooled backend connections survive a reload that does not change the backend.
+        Some(p) if p.settings.upstream == settings.upstream => p.upstream.clone(),
+        _ => Upstream::new(&settings.upstream),
+    };
     Runtime {
-        upstream: Upstream::new(&settings.upstream),
+        upstream,
         settings: Arc::new(settings),
         readers,
         learner,
@@ -279,6 +286,32 @@ mod tests {
         let store = memory_store(&settings).shared();
         let metrics = Arc::new(Metrics::noop());
         App::with_store(settings, None, CancellationToken::new(), metrics, store)
+    }
+
+    #[test]
+    fn a_reload_replaces_the_runtime_and_keeps_what_outlives_it() {
+        let app = test_app("");
+        let before = app.runtime();
+        assert!(before.learner.is_none(), "test_app starts without a learner");
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[batching]\nmax_tokens = 5\n\
+                    [limits]\nmax_streams = 1\n";
+        let cfg = crate::config::Config::from_toml_str(text, "<test>").expect("valid");
+        app.apply(Settings::build(&cfg));
+        let after = app.runtime();
+        assert_ne!(before.readers.settings.batching.max_tokens, 5);
+        assert_eq!(after.readers.settings.batching.max_tokens, 5);
+        assert!(after.settings.route("/stream").is_none(), "the new routes");
+        assert!(
+            before.settings.route("/stream").is_some(),
+            "a snapshot keeps its own"
+        );
+        assert!(Arc::ptr_eq(&before.client_reports, &after.client_reports));
+        assert!(after.learner.is_some(), "progress is on: it learns from now on");
+        let _slot = app.registry.reserve(None).expect("one stream");
+        assert_eq!(
+            app.registry.reserve(None).err(),
+            Some(crate::stream::Rejected::MaxStreams)
+        );
     }
 
     #[test]

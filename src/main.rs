@@ -225,6 +225,8 @@ async fn serve(cfg: Config, started: Started) -> ExitCode {
         }
         Started::Demo => bound,
     };
+    // Before the addresses are printed: a SIGHUP from then on reloads, and never ends the process.
+    let hangups = reload_on_hangup(bound.reloader(), bound.app().clone());
     let (main, admin) = (bound.main_addr(), bound.admin_addr());
     println!(
         "{}",
@@ -235,7 +237,9 @@ async fn serve(cfg: Config, started: Started) -> ExitCode {
     }
     tracing::info!(%main, %admin, "listening");
     tokio::spawn(signals(shutdown));
-    tokio::spawn(reload_on_hangup(bound.reloader(), bound.app().clone()));
+    if let Some(hangups) = hangups {
+        tokio::spawn(hangups);
+    }
     bound.serve().await;
     ExitCode::SUCCESS
 }
@@ -250,8 +254,12 @@ async fn signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-/// Every SIGHUP reloads the config file (what it changed or why it was refused is logged).
-async fn reload_on_hangup(reloader: Option<Arc<Reloader>>, app: Arc<App>) {
+/// Every SIGHUP reloads the config file (what it changed or why it was refused is logged): the
+/// task to run, listening already.
+fn reload_on_hangup(
+    reloader: Option<Arc<Reloader>>,
+    app: Arc<App>,
+) -> Option<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -259,23 +267,26 @@ async fn reload_on_hangup(reloader: Option<Arc<Reloader>>, app: Arc<App>) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with POST /reload on the admin listener");
-                return;
+                return None;
             }
         };
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the config file");
-            match &reloader {
-                // The outcome is logged and counted by the reload itself.
-                Some(r) => {
-                    let _ = r.reload().await;
+        Some(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the config file");
+                match &reloader {
+                    // The outcome is logged and counted by the reload itself.
+                    Some(r) => {
+                        let _ = r.reload().await;
+                    }
+                    None => sse_proxy::reload::refused(&app, &ReloadError::NoConfigFile),
                 }
-                None => sse_proxy::reload::refused(&app, &ReloadError::NoConfigFile),
             }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
         let _ = (reloader, app);
+        None::<std::future::Ready<()>>
     }
 }
 

@@ -138,7 +138,10 @@ async fn sighup_changes_new_streams_and_routes_while_a_running_stream_keeps_its_
     let b_rest = b.all().await;
     for rest in [&a_rest, &b_rest] {
         let done = rest.last().expect("events");
-        assert_eq!((done.event.as_str(), done.json()["total_tokens"].as_u64()), ("done", Some(9)));
+        assert_eq!(
+            (done.event.as_str(), done.json()["total_tokens"].as_u64()),
+            ("done", Some(9))
+        );
     }
     assert_eq!(
         batch_sizes(&a_rest),
@@ -194,7 +197,11 @@ async fn an_invalid_file_is_refused_with_its_location_and_the_running_config_goe
         .strip_prefix("error: ")
         .expect("an error line")
         .to_string();
-    let line = bad.lines().position(|l| l.starts_with("max_tokenz")).expect("line") + 1;
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("max_tokenz"))
+        .expect("line")
+        + 1;
     assert!(
         expected.starts_with(&format!("{}:{line}:1: ", cfg.path())),
         "{expected}"
@@ -240,14 +247,19 @@ async fn an_invalid_file_is_refused_with_its_location_and_the_running_config_goe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_listen_addresses_are_reported_and_the_command_line_overrides_are_kept() {
-    let up = MockUpstream::start(|_, _| Reply::sse(answer(&["a".into(), "b".into()], std::time::Duration::ZERO))).await;
+    let up =
+        MockUpstream::start(|_, _| Reply::sse(answer(&["a".into(), "b".into()], std::time::Duration::ZERO)))
+            .await;
     // The file's backend is nobody: `--upstream` overrides it, at start and at every reload.
     let cfg = TempFile::new("proxy.toml", &config_text("http://127.0.0.1:9", ""));
     let upstream = format!("http://{}", up.addr);
     let p = ProxyProcess::start(&["--config", cfg.path(), "--upstream", &upstream]).await;
 
     let moved = config_text("http://127.0.0.1:9", "[batching]\nmax_tokens = 3\n")
-        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"127.0.0.1:19091\"")
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            "admin_listen = \"127.0.0.1:19091\"",
+        )
         .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"127.0.0.1:18081\"");
     assert!(moved.contains("19091") && moved.contains("18081"), "{moved}");
     rewrite(&cfg, &moved);
@@ -281,4 +293,21 @@ async fn new_listen_addresses_are_reported_and_the_command_line_overrides_are_ke
             && l.contains("server.listen")),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_has_no_file_to_reload_and_says_so_without_stopping() {
+    let p = ProxyProcess::start(&["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).await;
+    p.sighup();
+    wait_reloads(p.admin, "error", 1.0).await;
+    let (status, v) = post_reload(p.admin).await;
+    assert_eq!((status, &v["result"]), (409, &"error".into()), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("without a config file")),
+        "{v}"
+    );
+    let resp = get(&format!("http://{}/healthz", p.admin), &[]).await;
+    assert_eq!(resp.status(), 200, "still running after SIGHUP");
 }
