@@ -3,12 +3,14 @@
 use crate::app::App;
 use crate::http_util::{self, ProxyBody};
 use crate::metrics::StoreOp;
+use crate::reload::{ReloadError, Reloader};
 use crate::store::{self, ClaimInfo, StoreError};
 use crate::stream::StreamInfo;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +36,17 @@ pub async fn upkeep(metrics: PrometheusHandle, stop: CancellationToken) {
 /// Longest `/streams` waits for the stream store's list of every replica's answers.
 const LIST_WAIT: Duration = Duration::from_secs(2);
 
-/// Answers one admin request: `GET /metrics`, `/healthz`, `/readyz`, `/streams`.
-pub async fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) -> Response<ProxyBody> {
+/// Answers one admin request: `GET /metrics`, `/healthz`, `/readyz`, `/streams`, and
+/// `POST /reload` with `reloader` (none: the proxy runs a config of its own).
+pub async fn handle<B>(
+    app: &App,
+    metrics: &PrometheusHandle,
+    reloader: Option<&Arc<Reloader>>,
+    req: &Request<B>,
+) -> Response<ProxyBody> {
+    if req.uri().path() == "/reload" {
+        return reload(app, reloader, req.method()).await;
+    }
     if req.method() != Method::GET {
         return http_util::error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -70,8 +81,58 @@ pub async fn handle<B>(app: &App, metrics: &PrometheusHandle, req: &Request<B>) 
         _ => http_util::error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "try /metrics, /healthz, /readyz or /streams",
+            "try /metrics, /healthz, /readyz, /streams or POST /reload",
         ),
+    }
+}
+
+/// `POST /reload`: reads the config file again and applies it to new requests and streams.
+/// `200 {"result":"ok","changed":[...],"restart_required":[...]}`, or `422
+/// {"result":"error","error":"proxy.toml:12:5: ..."}` with the running config kept.
+async fn reload(app: &App, reloader: Option<&Arc<Reloader>>, method: &Method) -> Response<ProxyBody> {
+    if method != Method::POST {
+        let mut resp = http_util::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "/reload is POST only",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let result = match reloader {
+        Some(r) => r.reload().await,
+        None => {
+            let e = ReloadError::NoConfigFile;
+            crate::reload::refused(app, &e);
+            Err(e)
+        }
+    };
+    match result {
+        Ok(applied) => {
+            let mut body = serde_json::json!({
+                "result": "ok",
+                "changed": applied.changed,
+                "restart_required": applied.restart_required,
+            });
+            if !applied.restart_required.is_empty() {
+                body["warning"] = format!(
+                    "{} changed in the file but cannot change while running: the running value is kept until a restart",
+                    applied.restart_required.join(", ")
+                )
+                .into();
+            }
+            http_util::json(StatusCode::OK, &body)
+        }
+        Err(e) => {
+            let status = match e {
+                ReloadError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ReloadError::NoConfigFile => StatusCode::CONFLICT,
+                ReloadError::Interrupted(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let body = serde_json::json!({ "result": "error", "error": e.to_string() });
+            http_util::json(status, &body)
+        }
     }
 }
 
@@ -145,13 +206,22 @@ mod tests {
     use std::sync::Arc;
 
     async fn get(app: &App, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
+        ask(app, None, method, path).await
+    }
+
+    async fn ask(
+        app: &App,
+        reloader: Option<&Arc<Reloader>>,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, serde_json::Value) {
         let metrics = PrometheusBuilder::new().build_recorder().handle();
         let req = Request::builder()
             .method(method)
             .uri(path)
             .body(())
             .expect("request");
-        let resp = handle(app, &metrics, &req).await;
+        let resp = handle(app, &metrics, reloader, &req).await;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
@@ -182,6 +252,76 @@ mod tests {
             StatusCode::METHOD_NOT_ALLOWED
         );
         assert_eq!(get(&app, Method::GET, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn reload_applies_a_valid_file_and_refuses_an_invalid_one() {
+        use crate::config::Config;
+        use crate::metrics::Prometheus;
+        let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[[stream]]\npath = \"/stream\"\n";
+        let file = Arc::new(std::sync::Mutex::new(base.to_string()));
+        let read = file.clone();
+        let load: crate::reload::Load = Box::new(move || {
+            let text = crate::sync::lock(&read).clone();
+            Config::from_toml_str(&text, "proxy.toml")
+        });
+        let running = Config::from_toml_str(base, "proxy.toml").expect("valid");
+        let prometheus = Prometheus::standalone().expect("recorder");
+        let app = Arc::new(App::new(
+            crate::settings::Settings::build(&running),
+            None,
+            CancellationToken::new(),
+            prometheus.metrics.clone(),
+        ));
+        let reloader = Arc::new(Reloader::new(app.clone(), prometheus.clone(), running, load));
+        let count = |result: &str| {
+            let line = format!("sse_proxy_config_reloads_total{{result=\"{result}\"}} ");
+            let text = prometheus.handle.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()).map(str::to_string))
+                .unwrap_or_default()
+        };
+        assert_eq!((count("ok"), count("error")), ("0".into(), "0".into()));
+
+        let (status, v) = ask(&app, Some(&reloader), Method::GET, "/reload").await;
+        assert_eq!(
+            (status, &v["error"]),
+            (StatusCode::METHOD_NOT_ALLOWED, &"method_not_allowed".into())
+        );
+
+        *crate::sync::lock(&file) =
+            format!("{base}[batching]\nmax_tokens = 3\n[server]\nlisten = \"127.0.0.1:1\"\n");
+        let (status, v) = ask(&app, Some(&reloader), Method::POST, "/reload").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["result"], "ok");
+        assert_eq!(v["changed"], serde_json::json!(["batching"]));
+        assert_eq!(v["restart_required"], serde_json::json!(["server.listen"]));
+        assert!(
+            v["warning"].as_str().is_some_and(|w| w.contains("restart")),
+            "{v}"
+        );
+        assert_eq!(app.settings().reader.batching.max_tokens, 3);
+        assert_ne!(app.settings().server.listen.port(), 1);
+
+        *crate::sync::lock(&file) = format!("{base}[batching]\nmax_tokens = 0\n");
+        let (status, v) = ask(&app, Some(&reloader), Method::POST, "/reload").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(v["result"], "error");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error == "proxy.toml:7:1: batching.max_tokens must be at least 1",
+            "{error}"
+        );
+        assert_eq!(
+            app.settings().reader.batching.max_tokens,
+            3,
+            "the running config goes on"
+        );
+        assert_eq!((count("ok"), count("error")), ("1".into(), "1".into()));
+
+        let (status, v) = ask(&app, None, Method::POST, "/reload").await;
+        assert_eq!((status, &v["result"]), (StatusCode::CONFLICT, &"error".into()));
+        assert_eq!(count("error"), "2");
     }
 
     /// A test app on `store`.

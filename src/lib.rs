@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod query;
 pub(crate) mod rate_limit;
 pub mod reframe;
+pub mod reload;
 pub mod server;
 pub mod settings;
 pub mod sse;

@@ -1,15 +1,18 @@
 //! The `sse-proxy` command.
 
 use clap::{Parser, Subcommand};
+use sse_proxy::app::App;
 use sse_proxy::config::{Config, ConfigError, UpstreamUrl};
 use sse_proxy::demo;
 use sse_proxy::metrics::Prometheus;
+use sse_proxy::reload::{ReloadError, Reloader};
 use sse_proxy::server::{self, Listener, ServerError};
 use sse_proxy::settings::Settings;
 use sse_proxy::telemetry::{self, LogFormat};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a bad configuration or command line (EX_USAGE).
@@ -50,12 +53,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Some(Command::Check) => match load(&cli) {
-            Ok(settings) => {
+        Some(Command::Check) => match load(&cli.overrides()) {
+            Ok(cfg) => {
                 println!(
                     "{}: ok ({} stream route(s))",
                     cli.config_path().display(),
-                    settings.routes.len()
+                    Settings::build(&cfg).routes.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -65,8 +68,8 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Demo) => run_demo(&cli),
-        None => match load(&cli) {
-            Ok(settings) => run(settings, &cli.config_path()),
+        None => match load(&cli.overrides()) {
+            Ok(cfg) => run(cfg, cli.overrides()),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -80,11 +83,32 @@ impl Cli {
     fn config_path(&self) -> PathBuf {
         self.config.clone().unwrap_or_else(|| PathBuf::from("proxy.toml"))
     }
+
+    /// The config file and what the command line overrides in it.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config_path(),
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            upstream: self.upstream.clone(),
+        }
+    }
 }
 
-/// Reads the config file, applies the command-line overrides, and builds the settings.
-fn load(cli: &Cli) -> Result<Settings, ConfigError> {
-    let mut cfg = Config::from_file(&cli.config_path())?;
+/// The config file and the command-line flags that override its values: read at start and at
+/// every reload, so a reload keeps the overrides.
+#[derive(Clone)]
+struct Overrides {
+    config: PathBuf,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    upstream: Option<String>,
+}
+
+/// Reads and checks the config file and applies the command-line overrides (at start and at
+/// every reload).
+fn load(cli: &Overrides) -> Result<Config, ConfigError> {
+    let mut cfg = Config::from_file(&cli.config)?;
     if let Some(a) = cli.listen {
         cfg.server.listen = a;
     }
@@ -107,7 +131,7 @@ fn load(cli: &Cli) -> Result<Settings, ConfigError> {
             message,
         })?;
     }
-    Ok(Settings::build(&cfg))
+    Ok(cfg)
 }
 
 fn parse_upstream(u: &str) -> Result<UpstreamUrl, ConfigError> {
@@ -125,8 +149,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
-/// Runs the proxy with the settings read from `config`.
-fn run(settings: Settings, config: &Path) -> ExitCode {
+/// Runs the proxy with `cfg`, read from the file of `overrides` (read again on reload).
+fn run(cfg: Config, overrides: Overrides) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -134,19 +158,18 @@ fn run(settings: Settings, config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(settings, Started::Config(config)))
+    rt.block_on(serve(cfg, Started::Config(overrides)))
 }
 
 /// How the proxy was started: from a config file, or as `sse-proxy demo`.
-#[derive(Clone, Copy)]
-enum Started<'a> {
-    Config(&'a Path),
+enum Started {
+    Config(Overrides),
     Demo,
 }
 
-impl Started<'_> {
+impl Started {
     /// How to pick another address for `listener`: its flag, and its key where a config file was read.
-    fn bind_hint(self, listener: Listener) -> String {
+    fn bind_hint(&self, listener: Listener) -> String {
         let flag = match listener {
             Listener::Main => "--listen",
             Listener::Admin => "--admin-listen",
@@ -155,11 +178,11 @@ impl Started<'_> {
             Started::Demo => format!(
                 "hint: choose another address with {flag} ADDR (e.g. {flag} 127.0.0.1:0 for any free port)"
             ),
-            Started::Config(file) => {
+            Started::Config(o) => {
                 let key = listener.config_key();
                 format!(
                     "hint: choose another address with {flag} ADDR, or set {key} in {}",
-                    file.display()
+                    o.config.display()
                 )
             }
         }
@@ -176,7 +199,7 @@ fn install_metrics() -> Result<Prometheus, String> {
     Ok(registered)
 }
 
-async fn serve(settings: Settings, started: Started<'_>) -> ExitCode {
+async fn serve(cfg: Config, started: Started) -> ExitCode {
     let metrics = match install_metrics() {
         Ok(m) => m,
         Err(e) => {
@@ -185,7 +208,7 @@ async fn serve(settings: Settings, started: Started<'_>) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    let bound = match server::bind(settings, shutdown.clone(), metrics).await {
+    let bound = match server::bind(Settings::build(&cfg), shutdown.clone(), metrics).await {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
@@ -195,6 +218,15 @@ async fn serve(settings: Settings, started: Started<'_>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let bound = match started {
+        Started::Config(ref o) => {
+            let o = o.clone();
+            bound.with_reload(cfg, Box::new(move || load(&o)))
+        }
+        Started::Demo => bound,
+    };
+    // Before the addresses are printed: a SIGHUP from then on reloads, and never ends the process.
+    let hangups = reload_on_hangup(bound.reloader(), bound.app().clone());
     let (main, admin) = (bound.main_addr(), bound.admin_addr());
     println!(
         "{}",
@@ -205,6 +237,9 @@ async fn serve(settings: Settings, started: Started<'_>) -> ExitCode {
     }
     tracing::info!(%main, %admin, "listening");
     tokio::spawn(signals(shutdown));
+    if let Some(hangups) = hangups {
+        tokio::spawn(hangups);
+    }
     bound.serve().await;
     ExitCode::SUCCESS
 }
@@ -217,6 +252,42 @@ async fn signals(shutdown: CancellationToken) {
     wait_signal().await;
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
+}
+
+/// Every SIGHUP reloads the config file (what it changed or why it was refused is logged): the
+/// task to run, listening already.
+fn reload_on_hangup(
+    reloader: Option<Arc<Reloader>>,
+    app: Arc<App>,
+) -> Option<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with POST /reload on the admin listener");
+                return None;
+            }
+        };
+        Some(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading the config file");
+                match &reloader {
+                    // The outcome is logged and counted by the reload itself.
+                    Some(r) => {
+                        let _ = r.reload().await;
+                    }
+                    None => sse_proxy::reload::refused(&app, &ReloadError::NoConfigFile),
+                }
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, app);
+        None::<std::future::Ready<()>>
+    }
 }
 
 async fn wait_signal() {
@@ -268,7 +339,7 @@ fn run_demo(cli: &Cli) -> ExitCode {
             }
         };
         match demo::config(backend, listen, admin) {
-            Ok(cfg) => serve(Settings::build(&cfg), Started::Demo).await,
+            Ok(cfg) => serve(cfg, Started::Demo).await,
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)

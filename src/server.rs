@@ -2,13 +2,15 @@
 //! graceful shutdown.
 
 use crate::admin;
+use crate::app::load_learner;
 use crate::app::App;
 use crate::client_conn::Timeouts;
 use crate::handlers;
 use crate::http_util::RequestBody;
 use crate::listener;
 use crate::metrics::Prometheus;
-use crate::progress::{self, Learner};
+use crate::progress::Learner;
+use crate::reload::{Load, Reloader};
 use crate::settings::Settings;
 use http::Request;
 use std::net::SocketAddr;
@@ -85,7 +87,8 @@ pub struct Bound {
     main: TcpListener,
     admin: TcpListener,
     app: Arc<App>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    prometheus: Prometheus,
+    reloader: Option<Arc<Reloader>>,
 }
 
 /// Binds both listeners and builds the shared state, which records into `metrics` (and the admin
@@ -118,12 +121,16 @@ pub async fn bind_with_store(
     let mut settings = settings;
     settings.count_into(&metrics);
     let learner = settings.progress.as_ref().map(|p| load_learner(&p.learner));
+    metrics
+        .metrics
+        .config_last_reload_success
+        .set(crate::reload::unix_now());
     let store = match store {
         Some(store) => store,
         None => configured_store(&settings).await?,
     };
     let key = identity_key(&settings, &store).await?;
-    let mut app = App::with_store(settings, learner, shutdown, metrics.metrics, store);
+    let mut app = App::with_store(settings, learner, shutdown, metrics.metrics.clone(), store);
     if let Some(key) = key {
         app = app.with_identity_key(key);
     }
@@ -132,7 +139,8 @@ pub async fn bind_with_store(
         main,
         admin,
         app,
-        metrics: metrics.handle,
+        prometheus: metrics,
+        reloader: None,
     })
 }
 
@@ -215,25 +223,32 @@ fn redacted(url: &str) -> String {
     }
 }
 
-fn load_learner(opts: &progress::Options) -> Arc<Learner> {
-    let (learner, err) = Learner::load(opts);
-    if let Some(e) = err {
-        tracing::warn!(error = %e, "progress state file not loaded; starting with no history");
-    }
-    Arc::new(learner)
-}
-
 impl Bound {
     /// The main listener's address.
     pub fn main_addr(&self) -> SocketAddr {
-        self.main.local_addr().unwrap_or(self.app.settings.server.listen)
+        self.main
+            .local_addr()
+            .unwrap_or(self.app.settings().server.listen)
     }
 
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
-            .unwrap_or(self.app.settings.server.admin_listen)
+            .unwrap_or(self.app.settings().server.admin_listen)
+    }
+
+    /// Makes the proxy reloadable (SIGHUP, `POST /reload`): `running` is the config it was built
+    /// from, `load` reads it again as at start.
+    pub fn with_reload(mut self, running: crate::config::Config, load: Load) -> Self {
+        let reloader = Reloader::new(self.app.clone(), self.prometheus.clone(), running, load);
+        self.reloader = Some(Arc::new(reloader));
+        self
+    }
+
+    /// What reloads the config, when the proxy was started from a config file.
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.reloader.clone()
     }
 
     /// The shared state (tests inspect the registry).
@@ -244,12 +259,13 @@ impl Bound {
     /// Serves until shutdown, then drains: streams get `shutdown_grace` to finish.
     pub async fn serve(self) {
         let app = self.app;
-        let settings = app.settings.clone();
+        let settings = app.settings();
+        let metrics = self.prometheus.handle;
         let stop_admin = CancellationToken::new();
         let sweep_every =
             (settings.resume.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
-        tokio::spawn(admin::upkeep(self.metrics.clone(), stop_admin.clone()));
+        tokio::spawn(admin::upkeep(metrics.clone(), stop_admin.clone()));
         if app.identity.is_configured() && app.store.store.is_shared() {
             tokio::spawn(crate::cluster::identity_key::keep_identity_key(
                 app.store.store.clone(),
@@ -264,20 +280,18 @@ impl Bound {
             app.metrics.clone(),
             stop_admin.clone(),
         ));
-        tokio::spawn(serve_admin(
-            self.admin,
-            app.clone(),
-            self.metrics,
-            stop_admin.clone(),
-        ));
-        if let Some(learner) = app.learner.clone() {
-            if settings
-                .progress
-                .as_ref()
-                .is_some_and(|p| p.learner.state_file.is_some())
-            {
-                tokio::spawn(save_periodically(learner, stop_admin.clone()));
-            }
+        let admin = Admin {
+            app: app.clone(),
+            metrics,
+            reloader: self.reloader,
+        };
+        tokio::spawn(serve_admin(self.admin, admin, stop_admin.clone()));
+        if settings
+            .progress
+            .as_ref()
+            .is_some_and(|p| p.learner.state_file.is_some())
+        {
+            tokio::spawn(save_periodically(app.clone(), stop_admin.clone()));
         }
         let grace = settings.server.shutdown_grace + Duration::from_secs(5);
         let main = listener::Options {
@@ -292,7 +306,7 @@ impl Bound {
             move |req: Request<RequestBody>, peer: SocketAddr| handlers::dispatch(state.clone(), req, peer);
         listener::serve(self.main, main, app.shutdown.clone(), dispatch).await;
         app.registry.wait_readers(grace).await;
-        if let Some(learner) = app.learner.clone() {
+        if let Some(learner) = app.learner() {
             save_learner(learner).await;
         }
         stop_admin.cancel();
@@ -308,23 +322,26 @@ fn timeouts(settings: &Settings) -> Timeouts {
     }
 }
 
-/// Serves the admin routes, at most [`admin::MAX_CONNECTIONS`] connections at once, until `stop`.
-async fn serve_admin(
-    tcp: TcpListener,
+/// What the admin routes answer from.
+#[derive(Clone)]
+struct Admin {
     app: Arc<App>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    stop: CancellationToken,
-) {
+    reloader: Option<Arc<Reloader>>,
+}
+
+/// Serves the admin routes, at most [`admin::MAX_CONNECTIONS`] connections at once, until `stop`.
+async fn serve_admin(tcp: TcpListener, admin: Admin, stop: CancellationToken) {
     let opts = listener::Options {
         name: "admin",
-        timeouts: timeouts(&app.settings),
+        timeouts: timeouts(&admin.app.settings()),
         slots: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
         drain: ADMIN_DRAIN,
         metrics: None,
     };
     let handler = move |req: Request<RequestBody>, _peer: SocketAddr| {
-        let (app, metrics) = (app.clone(), metrics.clone());
-        async move { admin::handle(&app, &metrics, &req).await }
+        let admin = admin.clone();
+        async move { admin::handle(&admin.app, &admin.metrics, admin.reloader.as_ref(), &req).await }
     };
     listener::serve(tcp, opts, stop, handler).await;
 }
@@ -337,13 +354,18 @@ async fn save_learner(learner: Arc<Learner>) {
     }
 }
 
-async fn save_periodically(learner: Arc<Learner>, stop: CancellationToken) {
+/// Saves the learner every minute, once there is one (a reload may turn progress on).
+async fn save_periodically(app: Arc<App>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => save_learner(learner.clone()).await,
+            _ = tick.tick() => {
+                if let Some(learner) = app.learner() {
+                    save_learner(learner).await;
+                }
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ pub enum UpstreamError {
 const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 /// The backend and the time it is given (`[upstream]`, resolved).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     /// Base URL, `http://host:port` with an optional path prefix and no query.
     pub url: Uri,

@@ -198,8 +198,7 @@ where
 /// Learned answers for the test route.
 fn learned(p: &TestProxy) -> usize {
     p.app
-        .learner
-        .as_ref()
+        .learner()
         .expect("progress on")
         .samples("/stream", "default")
 }

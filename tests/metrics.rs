@@ -210,6 +210,8 @@ async fn metrics_are_well_formed_and_complete() {
         ("sse_proxy_time_to_first_token_seconds", "histogram"),
         ("sse_proxy_stream_duration_seconds", "histogram"),
         ("sse_proxy_stream_tokens_per_second", "histogram"),
+        ("sse_proxy_config_reloads_total", "counter"),
+        ("sse_proxy_config_last_reload_success_timestamp_seconds", "gauge"),
     ];
     for (name, ty) in required {
         assert_eq!(
@@ -308,7 +310,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
     let up = MockUpstream::start(|_, _| Reply::plain(200, "text/plain", "ok")).await;
     let p = proxy(up.addr, |_| {}).await;
     let text = metrics_text(p.admin).await;
-    let families: [(&str, &str, &[&str]); 11] = [
+    let families: [(&str, &str, &[&str]); 12] = [
         (
             "sse_proxy_errors_total",
             "code",
@@ -382,6 +384,7 @@ async fn labelled_counters_are_exported_at_zero_from_the_start() {
             "outcome",
             &["done", "cancelled", "error", "failed"],
         ),
+        ("sse_proxy_config_reloads_total", "result", &["ok", "error"]),
     ];
     for (name, label, values) in families {
         for v in values {

@@ -261,7 +261,10 @@ async fn progress_history_learned_on_one_replica_is_used_on_another() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(b.app.learner.as_ref().map(|l| l.samples("/stream", "m")), Some(0));
+    assert_eq!(
+        b.app.learner().as_ref().map(|l| l.samples("/stream", "m")),
+        Some(0)
+    );
 
     let all = Events::new(get(&format!("http://{}/stream?model=m", b.addr), &[]).await)
         .all()

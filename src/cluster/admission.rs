@@ -24,7 +24,8 @@ const BACK_OFF: Duration = Duration::from_secs(1);
 pub struct Admission {
     registry: Arc<Registry>,
     store: store::Handle,
-    limits: AdmitLimits,
+    /// Changed by a config reload.
+    limits: Mutex<AdmitLimits>,
     metrics: Arc<Metrics>,
     /// The store failed; it is asked again from then on.
     retry_at: Mutex<Option<Instant>>,
@@ -108,10 +109,18 @@ impl Admission {
         Admission {
             registry,
             store,
-            limits,
+            limits: Mutex::new(limits),
             metrics,
             retry_at: Mutex::new(None),
         }
+    }
+
+    /// Admits new answers under `limits` from now on (a config reload): in the store's count
+    /// across the replicas and in this replica's own.
+    pub fn set_limits(&self, limits: AdmitLimits) {
+        *lock(&self.limits) = limits;
+        self.registry
+            .set_limits(limits.max_streams, limits.max_per_identity);
     }
 
     /// A place for answer `id` of `owner`, or the limit that is reached.
@@ -122,7 +131,8 @@ impl Admission {
                 owner,
                 replica: self.store.replica.clone(),
             };
-            let asked = timeout(ANSWER, self.store.store.admit(claim.clone(), self.limits)).await;
+            let limits = *lock(&self.limits);
+            let asked = timeout(ANSWER, self.store.store.admit(claim.clone(), limits)).await;
             match asked {
                 Ok(Ok(store::Admission::Admitted)) => {
                     return Ok(Admitted {
@@ -261,5 +271,33 @@ mod tests {
         let claimed = a.admit(StreamId::random(), None).await.expect("admitted");
         assert!(claimed.claim().is_some(), "asked again after the back-off");
         assert_eq!(registry.running(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_limits_apply_to_the_store_count_and_the_local_one() {
+        let gate = Gate::new(memory());
+        let (_registry, a) = admission(gate.clone(), 1);
+        let first = a.admit(StreamId::random(), None).await.expect("admitted");
+        a.set_limits(AdmitLimits {
+            max_streams: 2,
+            max_per_identity: 1,
+        });
+        let second = a
+            .admit(StreamId::random(), None)
+            .await
+            .expect("raised in the store");
+        assert!(second.claim().is_some());
+        drop(second);
+        gate.fail(true);
+        let local = a
+            .admit(StreamId::random(), None)
+            .await
+            .expect("raised locally too");
+        assert!(local.claim().is_none());
+        assert_eq!(
+            a.admit(StreamId::random(), None).await.err(),
+            Some(Rejected::MaxStreams)
+        );
+        drop((first, local));
     }
 }

@@ -40,7 +40,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Listeners and shutdown.
@@ -81,7 +81,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Main listener (proxy traffic).
@@ -118,7 +118,7 @@ impl Default for Server {
 }
 
 /// `[upstream]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// Base URL of the backend, `http://host:port` (optionally with a path prefix).
@@ -157,7 +157,7 @@ fn d_max_request_body() -> Size {
 }
 
 /// An `http://` URL, validated when read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamUrl(pub http::Uri);
 
 impl<'de> Deserialize<'de> for UpstreamUrl {
@@ -176,7 +176,7 @@ impl<'de> Deserialize<'de> for UpstreamUrl {
 }
 
 /// `[[stream]]`: a route whose responses are re-framed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamRoute {
     /// Exact path, or a prefix ending in `/*`.
@@ -311,7 +311,7 @@ impl<'de> Deserialize<'de> for JsonPointer {
 }
 
 /// `[batching]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batching {
     /// Longest a token waits in a batch.
@@ -336,7 +336,7 @@ impl Default for Batching {
 }
 
 /// `[heartbeat]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Heartbeat {
     /// Idle time after which `: heartbeat` is written.
@@ -372,7 +372,7 @@ pub enum OnDisconnect {
 }
 
 /// `[resume]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resume {
     /// The `retry:` sent to clients.
@@ -416,7 +416,7 @@ pub enum StoreKind {
 }
 
 /// `[store]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// `memory` or `redis`.
@@ -448,7 +448,7 @@ impl Default for Store {
 }
 
 /// `[identity]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     /// `header:NAME` or `cookie:NAME`; unset: the stream id is the only capability.
@@ -457,7 +457,7 @@ pub struct Identity {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Running upstream streams in total.
@@ -485,7 +485,7 @@ impl Default for Limits {
 }
 
 /// `[progress]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Progress {
     /// Send `event: progress`.
@@ -517,7 +517,7 @@ impl Default for Progress {
 }
 
 /// `[demo]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Demo {
     /// Serve the demo page at `{route_prefix}/demo`.
@@ -526,7 +526,7 @@ pub struct Demo {
 }
 
 /// `[client_metrics]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientMetrics {
     /// Accept `POST {route_prefix}/client-metrics`.

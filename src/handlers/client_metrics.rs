@@ -55,7 +55,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody>
     if !is_json {
         return bad("Content-Type must be application/json");
     }
-    let within = app.settings.server.body_read_timeout;
+    let within = app.settings().server.body_read_timeout;
     let body = match http_util::read_body(req.into_body(), MAX_REPORT_BYTES, within).await {
         Ok(b) => b,
         Err(http_util::BodyError::TooLarge(_)) => return bad("report larger than 1024 bytes"),
@@ -68,7 +68,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody>
     if let Err(msg) = report.validate() {
         return bad(msg);
     }
-    if !app.client_reports.allow() {
+    if !app.runtime().client_reports.allow() {
         m.rejected.increment(RejectReason::ClientMetricsRate);
         return http_util::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many reports");
     }

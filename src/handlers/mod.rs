@@ -25,15 +25,17 @@ pub async fn dispatch(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr
     if let Some(resp) = own_method(&req) {
         return resp;
     }
+    // One config for the whole request, even if a reload lands in the middle of it.
+    let runtime = app.runtime();
     let path = req.uri().path();
-    if let Some(rest) = app.settings.own_route(path) {
+    if let Some(rest) = runtime.settings.own_route(path) {
         let rest = rest.to_string();
         return own::handle(&app, &rest, req).await;
     }
     let method_ok = matches!(*req.method(), Method::GET | Method::POST);
-    match app.settings.route(path) {
-        Some(route) if method_ok => stream::handle(&app, route, req, peer, arrived).await,
-        _ => passthrough::handle(&app, req, peer).await,
+    match runtime.settings.route(path) {
+        Some(route) if method_ok => stream::handle(&app, &runtime, route, req, peer, arrived).await,
+        _ => passthrough::handle(&app, &runtime.upstream, req, peer).await,
     }
 }
 

@@ -21,8 +21,8 @@ pub async fn handle(app: &App, rest: &str, req: Request<RequestBody>) -> Respons
         // `vue.js` imports its sibling as `./sse-client.js`; `client.js` is the documented name.
         (&Method::GET, "/client.js" | "/sse-client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
         (&Method::GET, "/vue.js") => asset(VUE_JS, "text/javascript; charset=utf-8"),
-        (&Method::GET, "/demo") if app.settings.demo => asset(DEMO_HTML, "text/html; charset=utf-8"),
-        (&Method::POST, "/client-metrics") if app.settings.client_metrics.is_some() => {
+        (&Method::GET, "/demo") if app.settings().demo => asset(DEMO_HTML, "text/html; charset=utf-8"),
+        (&Method::POST, "/client-metrics") if app.settings().client_metrics.is_some() => {
             super::client_metrics::handle(app, req).await
         }
         (&Method::POST, r) => match cancel_id(r) {

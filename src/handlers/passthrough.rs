@@ -5,7 +5,7 @@ use super::respond::upstream_error;
 use crate::app::App;
 use crate::http_util::{self, BodyError, ClientBody, ProxyBody, RequestBody};
 use crate::metrics::{RejectReason, StatusClass};
-use crate::upstream::{client_host, forward_headers, strip_hop_by_hop};
+use crate::upstream::{client_host, forward_headers, strip_hop_by_hop, Upstream};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -15,11 +15,16 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
 /// Forwards a request to the backend and streams its answer back.
-pub async fn handle(app: &App, mut req: Request<RequestBody>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    app: &App,
+    upstream: &Upstream,
+    mut req: Request<RequestBody>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let upgrade = upgrade_protocol(req.headers()).map(|proto| (proto, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = match app.upstream.uri_for(pq) {
+    let uri = match upstream.uri_for(pq) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "request target refused");
@@ -35,7 +40,7 @@ pub async fn handle(app: &App, mut req: Request<RequestBody>, peer: SocketAddr) 
     parts.uri = uri;
     let (body, client_failed) = ClientBody::new(body);
     let upstream_req = Request::from_parts(parts, body.boxed_unsync());
-    match app.upstream.send(upstream_req).await {
+    match upstream.send(upstream_req).await {
         Ok(resp) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => match upgrade {
             Some((_, client)) => tunnel(app, client, resp),
             None => http_util::error(

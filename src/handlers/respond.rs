@@ -27,7 +27,7 @@ pub fn event_stream_response(
         follower,
         after,
         preamble(app, dialect),
-        app.settings.cursor,
+        app.settings().cursor,
         app.metrics.clone(),
     )
     .dialect(dialect);
@@ -55,7 +55,7 @@ pub fn store_stream_response(
         remote,
         after,
         preamble(app, dialect),
-        app.settings.cursor,
+        app.settings().cursor,
         app.metrics.clone(),
     )
     .dialect(dialect);
@@ -64,7 +64,7 @@ pub fn store_stream_response(
 
 /// What every stream response starts with: the `retry:` line on native routes.
 fn preamble(app: &App, dialect: Dialect) -> Bytes {
-    dialect.preamble(app.settings.resume.client_retry.as_millis() as u64)
+    dialect.preamble(app.settings().resume.client_retry.as_millis() as u64)
 }
 
 fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<ProxyBody> {
@@ -91,7 +91,7 @@ pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
     let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
     resp.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(app.settings.limits.retry_after_secs),
+        HeaderValue::from(app.settings().limits.retry_after_secs),
     );
     resp
 }

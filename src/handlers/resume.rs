@@ -59,7 +59,7 @@ pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
-    let Some(follower) = stream.attach(app.settings.limits.max_followers) else {
+    let Some(follower) = stream.attach(app.settings().limits.max_followers) else {
         return Resume::Respond(too_many(app, Rejected::MaxFollowers));
     };
     app.metrics.resumes.increment(ResumeResult::Replayed);
@@ -102,7 +102,7 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
-    let max = app.settings.limits.max_followers;
+    let max = app.settings().limits.max_followers;
     let follower = match cluster::follow(&app.store, &app.registry, id.stream, max, &app.metrics).await {
         Ok(f) => f,
         Err(NotFollowing::Full) => return Resume::Respond(too_many(app, Rejected::MaxFollowers)),
@@ -114,7 +114,7 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
     span.in_scope(
         || tracing::info!(after = id.seq, replica = %meta.replica, "stream resumed from the store"),
     );
-    let dialect = app.settings.dialect_of(&meta.route);
+    let dialect = app.settings().dialect_of(&meta.route);
     Resume::Respond(store_stream_response(app, follower, dialect, id.seq, span))
 }
 
@@ -135,7 +135,7 @@ fn unavailable(app: &App) -> Response<ProxyBody> {
     );
     resp.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(app.settings.limits.retry_after_secs),
+        HeaderValue::from(app.settings().limits.retry_after_secs),
     );
     resp
 }

@@ -3,7 +3,7 @@
 
 use super::respond::{event_stream_response, too_many, upstream_error};
 use super::resume::{self, Resume};
-use crate::app::App;
+use crate::app::{App, Runtime};
 use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::identity::Owner;
 use crate::ids::StreamId;
@@ -29,9 +29,10 @@ use tracing::Instrument;
 /// Longest model name kept; longer or odd names become `default`.
 const MAX_MODEL_LEN: usize = 64;
 
-/// Handles a request on `route`.
+/// Handles a request on `route` of `runtime`.
 pub async fn handle(
     app: &Arc<App>,
+    runtime: &Runtime,
     route: &Arc<Route>,
     req: Request<RequestBody>,
     peer: SocketAddr,
@@ -48,18 +49,19 @@ pub async fn handle(
     if let Some(id) = resume_from {
         match resume::answer(app, id, owner).await {
             Resume::Respond(resp) => return resp,
-            Resume::Gone if app.settings.resume.on_miss == OnMiss::Restart => {
+            Resume::Gone if runtime.settings.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
             }
             Resume::Gone => return resume::gone(&app.metrics),
         }
     }
-    start(app, route, req, peer, owner, arrived).await
+    start(app, runtime, route, req, peer, owner, arrived).await
 }
 
 /// Starts a new stream: admission, one upstream request, the reader task, and the first cursor.
 async fn start(
     app: &Arc<App>,
+    runtime: &Runtime,
     route: &Route,
     req: Request<RequestBody>,
     peer: SocketAddr,
@@ -67,7 +69,7 @@ async fn start(
     arrived: Instant,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
-    let settings = &app.settings;
+    let settings = &runtime.settings;
     let limit = settings.upstream.max_request_body;
     let body = match http_util::read_body(body, limit, settings.server.body_read_timeout).await {
         Ok(b) => b,
@@ -81,7 +83,7 @@ async fn start(
     };
     let model = model_name(route.model_from.as_ref(), &parts, &body);
     let pq = query::without_param(&parts.uri, query::LAST_EVENT_ID_PARAM);
-    let uri = match app.upstream.uri_for(&pq) {
+    let uri = match runtime.upstream.uri_for(&pq) {
         Ok(u) => u,
         Err(e) => return upstream_error(&app.metrics, &e),
     };
@@ -97,11 +99,11 @@ async fn start(
     let upstream_req = Request::from_parts(parts, http_util::full(body));
     // The other replicas' learned lengths are fetched while the backend prepares its answer.
     let history = async {
-        if let Some(h) = app.history.as_ref() {
+        if let Some(h) = runtime.history.as_ref() {
             h.refresh(route.label(), &model).await;
         }
     };
-    let asked = async { tokio::join!(app.upstream.send(upstream_req), history).0 };
+    let asked = async { tokio::join!(runtime.upstream.send(upstream_req), history).0 };
     let resp = tokio::select! {
         resp = asked => resp,
         never = admitted.keep() => match never {},
@@ -147,7 +149,7 @@ async fn start(
         stream,
         body,
         route.reader.clone(),
-        &app.readers,
+        &runtime.readers,
         admitted,
         arrived,
     );

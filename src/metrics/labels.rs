@@ -257,6 +257,17 @@ label_values! {
     }
 }
 
+label_values! {
+    /// `result` of `sse_proxy_config_reloads_total`: a reload of the config file (SIGHUP or
+    /// `POST /reload`).
+    pub enum ReloadResult: "result" {
+        /// The new config was read, checked and applied.
+        Ok => "ok",
+        /// The new config was refused; the running one goes on.
+        Error => "error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +318,7 @@ mod tests {
         );
         assert_eq!(values::<EvictionKind>(), ["finished", "running"]);
         assert_eq!(values::<StatusClass>(), ["2xx", "3xx", "4xx", "5xx"]);
+        assert_eq!(values::<ReloadResult>(), ["ok", "error"]);
         for l in [
             values::<FinishedOutcome>(),
             values::<ResumeResult>(),

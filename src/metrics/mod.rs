@@ -10,7 +10,7 @@ mod labels;
 
 pub use labels::{
     ClientErrorReason, DroppedReason, ErrorLabel, EvictionKind, FinishedOutcome, LabelValue, RejectReason,
-    ReportOutcome, ResumeResult, StatusClass, StoreOp,
+    ReloadResult, ReportOutcome, ResumeResult, StatusClass, StoreOp,
 };
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
@@ -84,6 +84,10 @@ pub const CLIENT_RECONNECTS: &str = "sse_proxy_client_reconnects_total";
 pub const CLIENT_RECONNECT_SUCCESSES: &str = "sse_proxy_client_reconnect_successes_total";
 /// Client reports, by `outcome`.
 pub const CLIENT_REPORTS: &str = "sse_proxy_client_reports_total";
+/// Reloads of the config file, by `result`.
+pub const CONFIG_RELOADS: &str = "sse_proxy_config_reloads_total";
+/// When the running config was last read and applied (at start, then at each reload), in Unix seconds.
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "sse_proxy_config_last_reload_success_timestamp_seconds";
 
 const LATENCY: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -318,6 +322,10 @@ pub struct Metrics {
     pub client_reconnect_successes: Counter,
     /// [`CLIENT_REPORTS`].
     pub client_reports: Family<ReportOutcome>,
+    /// [`CONFIG_RELOADS`].
+    pub config_reloads: Family<ReloadResult>,
+    /// [`CONFIG_LAST_RELOAD_SUCCESS`].
+    pub config_last_reload_success: Gauge,
 }
 
 impl Metrics {
@@ -359,6 +367,8 @@ impl Metrics {
             client_reconnects: counter(CLIENT_RECONNECTS),
             client_reconnect_successes: counter(CLIENT_RECONNECT_SUCCESSES),
             client_reports: Family::register(recorder, CLIENT_REPORTS),
+            config_reloads: Family::register(recorder, CONFIG_RELOADS),
+            config_last_reload_success: gauge(CONFIG_LAST_RELOAD_SUCCESS),
         }
     }
 
@@ -465,6 +475,15 @@ fn describe<R: Recorder + ?Sized>(r: &R) {
         "Successful reconnects reported by browsers.",
     );
     counter(CLIENT_REPORTS, "Client metric reports accepted, by outcome.");
+    counter(
+        CONFIG_RELOADS,
+        "Reloads of the config file (SIGHUP or POST /reload on the admin listener), by result.",
+    );
+    gauge(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Some(Unit::Seconds),
+        "When the running config was last read and applied (at start, then at each reload), in Unix seconds.",
+    );
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use crate::ids::StreamId;
 use crate::log::LogBudget;
 use crate::metrics::{EvictionKind, Metrics, RejectReason};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -112,8 +113,9 @@ impl Drop for RemoteFollower {
 pub struct Registry {
     inner: Mutex<Inner>,
     budget: Arc<LogBudget>,
-    max_streams: usize,
-    max_per_owner: usize,
+    // Atomics: a config reload changes them while streams are admitted.
+    max_streams: AtomicUsize,
+    max_per_owner: AtomicUsize,
     max_total_bytes: usize,
     retention: Duration,
     readers: TaskTracker,
@@ -155,8 +157,8 @@ impl Registry {
         Registry {
             inner: Mutex::new(Inner::default()),
             budget,
-            max_streams,
-            max_per_owner,
+            max_streams: AtomicUsize::new(max_streams),
+            max_per_owner: AtomicUsize::new(max_per_owner),
             max_total_bytes,
             retention,
             readers: TaskTracker::new(),
@@ -198,17 +200,24 @@ impl Registry {
         &self.budget
     }
 
+    /// Checks new streams against these limits from now on (a config reload); the running ones
+    /// keep their slots.
+    pub fn set_limits(&self, max_streams: usize, max_per_owner: usize) {
+        self.max_streams.store(max_streams, Ordering::Relaxed);
+        self.max_per_owner.store(max_per_owner, Ordering::Relaxed);
+    }
+
     /// Reserves a running-stream slot for `owner`, or says which limit is reached.
     pub fn reserve(self: &Arc<Self>, owner: Option<Owner>) -> Result<Slot, Rejected> {
         let mut inner = self.lock();
-        if inner.running >= self.max_streams {
+        if inner.running >= self.max_streams.load(Ordering::Relaxed) {
             return Err(Rejected::MaxStreams);
         }
         if let Some(o) = owner {
             if inner
                 .running_by_owner
                 .get(&o)
-                .is_some_and(|n| *n >= self.max_per_owner)
+                .is_some_and(|n| *n >= self.max_per_owner.load(Ordering::Relaxed))
             {
                 return Err(Rejected::MaxStreamsPerIdentity);
             }
@@ -432,6 +441,24 @@ mod tests {
         drop(s2);
         assert_eq!(r.running(), 0);
         assert!(r.reserve(Some(a)).is_ok());
+    }
+
+    #[test]
+    fn new_limits_apply_to_new_slots_and_leave_held_ones() {
+        let r = registry(1 << 20);
+        let a = Owner::test(1);
+        let s1 = r.reserve(Some(a)).expect("first");
+        r.set_limits(3, 2);
+        let s2 = r
+            .reserve(Some(a))
+            .expect("a second for the owner under the raised limit");
+        let s3 = r.reserve(None).expect("a third in total");
+        assert_eq!(r.reserve(None).err(), Some(Rejected::MaxStreams));
+        r.set_limits(1, 1);
+        assert_eq!(r.running(), 3, "lowered limits end no running stream");
+        drop((s1, s2, s3));
+        let _only = r.reserve(None).expect("one");
+        assert_eq!(r.reserve(None).err(), Some(Rejected::MaxStreams));
     }
 
     #[test]

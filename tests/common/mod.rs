@@ -51,6 +51,8 @@ pub enum Step {
     Abort,
     /// Never send anything more.
     Hang,
+    /// Wait until the test releases it (`Notify::notify_one`, which is kept if nobody waits yet).
+    Wait(Arc<Notify>),
 }
 
 /// A scripted upstream answer.
@@ -287,6 +289,7 @@ fn respond(reply: Reply, seen: Arc<Seen>) -> Response<TestBody> {
                     return Some((Err("scripted abort".into()), s));
                 }
                 Some(Step::Hang) => std::future::pending::<()>().await,
+                Some(Step::Wait(n)) => n.notified().await,
             }
         }
     });

@@ -231,6 +231,16 @@ impl ProxyProcess {
         assert!(st.success());
     }
 
+    /// Sends SIGHUP: the proxy reloads its config file.
+    pub fn sighup(&self) {
+        let st = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+    }
+
     /// Sends SIGKILL: the process ends at once, its sockets closed by the kernel.
     pub fn sigkill(&self) {
         let st = Command::new("kill")
