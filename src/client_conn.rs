@@ -392,10 +392,14 @@ pub fn serve<H: Handler>(
             }))
         }
     });
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
+    // On the heap, once: moved into the task and then into `watch`, an inline connection would
+    // take its (h2-sized) room in each of their states, for as long as the connection is open.
+    let conn = Box::pin(
+        shared
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned(),
+    );
     async move {
         if let Some(open) = &open {
             open.increment(1.0);
@@ -411,7 +415,7 @@ pub fn serve<H: Handler>(
 /// Drives `conn` to its end, closing it when a deadline passes, `shutdown` fires, or `evict`
 /// fires before its first request head.
 async fn watch<C>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     activity: &Activity,
     t: Timeouts,
     shutdown: &CancellationToken,
@@ -420,7 +424,6 @@ async fn watch<C>(
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let mut conn = std::pin::pin!(conn);
     let mut evictable = true;
     let why = loop {
         let next = activity.deadline(t);

@@ -20,6 +20,9 @@ pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 /// Answers one request of the main listener from `peer`: the proxy's own routes under
 /// `server.route_prefix`, `GET`/`POST` on a stream route, and everything else forwarded.
+///
+/// Each handler's future is boxed for the time of its request only: hyper keeps room for this
+/// future in every connection for as long as it is open, so it must stay small.
 pub async fn dispatch(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<ProxyBody> {
     let arrived = tokio::time::Instant::now();
     if let Some(resp) = own_method(&req) {
@@ -28,12 +31,12 @@ pub async fn dispatch(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr
     let path = req.uri().path();
     if let Some(rest) = app.settings.own_route(path) {
         let rest = rest.to_string();
-        return own::handle(&app, &rest, req).await;
+        return Box::pin(own::handle(&app, &rest, req)).await;
     }
     let method_ok = matches!(*req.method(), Method::GET | Method::POST);
     match app.settings.route(path) {
-        Some(route) if method_ok => stream::handle(&app, route, req, peer, arrived).await,
-        _ => passthrough::handle(&app, req, peer).await,
+        Some(route) if method_ok => Box::pin(stream::handle(&app, route, req, peer, arrived)).await,
+        _ => Box::pin(passthrough::handle(&app, req, peer)).await,
     }
 }
 
