@@ -317,6 +317,26 @@ impl Body for TrackedBody {
 struct WatchedIo {
     tcp: TcpStream,
     activity: Arc<Activity>,
+    /// Until the first read: which protocol the client speaks is still to be told.
+    detecting: bool,
+}
+
+/// Most bytes read at once while no request is in flight (a request head is awaited).
+const HEAD_READ_CHUNK: usize = 8 * 1024;
+
+/// Bytes that start the HTTP/2 connection preface (`PRI * HTTP/2.0...`), as far as one peek tells.
+const H2_PREFACE_START: &[u8] = b"PR";
+
+impl WatchedIo {
+    /// Whether the connection's first bytes cannot start an HTTP/2 preface (`false` at EOF, and
+    /// while too few bytes have arrived to tell).
+    fn poll_surely_http1(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut first = [0u8; H2_PREFACE_START.len()];
+        let mut peeked = ReadBuf::new(&mut first);
+        ready!(self.tcp.poll_peek(cx, &mut peeked))?;
+        let seen = peeked.filled();
+        Poll::Ready(Ok(!seen.is_empty() && !H2_PREFACE_START.starts_with(seen)))
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -325,8 +345,31 @@ impl AsyncRead for WatchedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.detecting {
+            // hyper-util's first read (up to 24 bytes) tells h2c from HTTP/1.1, and it hands those
+            // bytes to HTTP/1.1 as a read of their own: the request head then takes a second read,
+            // for which hyper doubles the connection's read buffer to 16 KiB for good. A peek
+            // tells without taking bytes; a first read of nothing says "not h2" to the detection
+            // (`serve_connection_with_upgrades`), and hyper reads the whole head at once.
+            let surely_http1 = ready!(self.poll_surely_http1(cx));
+            self.detecting = false;
+            if surely_http1? {
+                return Poll::Ready(Ok(()));
+            }
+        }
         let before = buf.filled().len();
-        let r = ready!(Pin::new(&mut self.tcp).poll_read(cx, buf));
+        let r = if buf.remaining() > HEAD_READ_CHUNK && self.activity.in_flight() == 0 {
+            // hyper checks a head's size against `MAX_REQUEST_HEAD_BYTES` between reads, and
+            // offers a read as much room as its grown buffer has: one large read could carry a
+            // whole over-long head past the check.
+            let mut chunk = [0u8; HEAD_READ_CHUNK];
+            let mut part = ReadBuf::new(&mut chunk);
+            let r = ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut part));
+            buf.put_slice(part.filled());
+            r
+        } else {
+            ready!(Pin::new(&mut self.tcp).poll_read(cx, buf))
+        };
         if r.is_ok() && buf.filled().len() > before {
             self.activity.on_read();
         }
@@ -378,6 +421,7 @@ pub fn serve<H: Handler>(
     let io = WatchedIo {
         tcp,
         activity: activity.clone(),
+        detecting: true,
     };
     let tracker = activity.clone();
     let handler = shared.handler.clone();
@@ -392,10 +436,14 @@ pub fn serve<H: Handler>(
             }))
         }
     });
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
+    // On the heap, once: moved into the task and then into `watch`, an inline connection would
+    // take its (h2-sized) room in each of their states, for as long as the connection is open.
+    let conn = Box::pin(
+        shared
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned(),
+    );
     async move {
         if let Some(open) = &open {
             open.increment(1.0);
@@ -411,7 +459,7 @@ pub fn serve<H: Handler>(
 /// Drives `conn` to its end, closing it when a deadline passes, `shutdown` fires, or `evict`
 /// fires before its first request head.
 async fn watch<C>(
-    conn: C,
+    mut conn: Pin<Box<C>>,
     activity: &Activity,
     t: Timeouts,
     shutdown: &CancellationToken,
@@ -420,7 +468,6 @@ async fn watch<C>(
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let mut conn = std::pin::pin!(conn);
     let mut evictable = true;
     let why = loop {
         let next = activity.deadline(t);

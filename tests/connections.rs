@@ -343,3 +343,29 @@ async fn the_admin_listener_caps_its_connections_and_silent_ones_make_room() {
     let head = tcp::read_head(newest).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+#[tokio::test]
+async fn an_h2c_preface_in_pieces_is_still_served_as_http2() {
+    let up = plain_upstream().await;
+    let p = proxy(up.addr, |_| {}).await;
+    let mut s = tcp::connect(p.addr).await;
+    // "P" could start POST too; "PR" only the preface.
+    for piece in [&h2raw::PREFACE[..1], &h2raw::PREFACE[1..2], &h2raw::PREFACE[2..]] {
+        s.write_all(piece).await.expect("write");
+        s.flush().await.expect("flush");
+    }
+    s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &[]))
+        .await
+        .expect("settings");
+    s.write_all(&h2raw::get_request(1, "/one"))
+        .await
+        .expect("request");
+    let response = |f: &RawFrame| f.stream == 1 && f.kind == h2raw::HEADERS;
+    let head = tokio::time::timeout(WAIT, h2raw::read_until(&mut s, response))
+        .await
+        .expect("answer in time")
+        .expect("an HTTP/2 response");
+    // `:status 200`, indexed in HPACK's static table.
+    assert_eq!(head.payload.first(), Some(&0x88), "{head:?}");
+    assert_eq!(up.requests(), 1);
+}

@@ -392,6 +392,56 @@ async fn malformed_requests_get_errors_and_the_proxy_survives() {
     }
 }
 
+/// A response body as sent, without its chunked framing.
+fn unframed(head: &str, body: &[u8]) -> String {
+    let body = match tcp::content_length(head.as_bytes()) {
+        Some(_) => body.to_vec(),
+        None => tcp::dechunk(body),
+    };
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn request_heads_in_pieces_or_large_within_the_limit_reach_the_backend() {
+    let up = MockUpstream::start(|parts, _| {
+        let big = parts.headers.get("x-big").map_or(0, |v| v.len());
+        Reply::plain(200, "text/plain", &format!("{} {big}", parts.method))
+    })
+    .await;
+    let p = proxy(up.addr, |_| {}).await;
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(60 * 1024)
+    );
+    let post = "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let get = "GET /g HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Split after the bytes that tell HTTP/1.1 from an h2 preface ("P" is both POST and PRI).
+    let cases = [
+        ("POST, P alone first", post, 1, "POST 0"),
+        ("POST, PO first", post, 2, "POST 0"),
+        ("GET, G alone first", get, 1, "GET 0"),
+        ("60 KB head whole", big.as_str(), big.len(), "GET 61440"),
+        ("60 KB head in two writes", big.as_str(), 9000, "GET 61440"),
+    ];
+    for (name, head, split, want) in cases {
+        let mut s = tcp::connect(p.addr).await;
+        s.write_all(&head.as_bytes()[..split]).await.expect("write");
+        s.flush().await.expect("flush");
+        s.write_all(&head.as_bytes()[split..]).await.expect("write");
+        let (resp_head, body) = tcp::read_response(&mut s).await;
+        assert!(resp_head.starts_with("HTTP/1.1 200"), "{name}: {resp_head}");
+        assert_eq!(unframed(&resp_head, &body), want, "{name}");
+        // The connection serves a second request, whole in one write.
+        s.write_all(get.as_bytes()).await.expect("write");
+        let (resp_head, body) = tcp::read_response(&mut s).await;
+        assert!(
+            resp_head.starts_with("HTTP/1.1 200"),
+            "{name}, second request: {resp_head}"
+        );
+        assert_eq!(unframed(&resp_head, &body), "GET 0", "{name}, second request");
+    }
+}
+
 #[tokio::test]
 async fn stream_route_body_over_the_limit_is_413_json() {
     let up = MockUpstream::start(|_, _| Reply::sse(vec![tok("a")])).await;

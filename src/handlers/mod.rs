@@ -12,7 +12,9 @@ use crate::app::App;
 use crate::http_util::{self, ProxyBody, RequestBody};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// The methods the proxy handles (sent in `Allow`): everything but `CONNECT` is forwarded.
@@ -20,22 +22,31 @@ pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 /// Answers one request of the main listener from `peer`: the proxy's own routes under
 /// `server.route_prefix`, `GET`/`POST` on a stream route, and everything else forwarded.
-pub async fn dispatch(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<ProxyBody> {
+///
+/// The handler's future is boxed for the time of its request only: hyper keeps room for the
+/// future this returns in every connection for as long as it is open, so it must stay small.
+pub fn dispatch(
+    app: Arc<App>,
+    req: Request<RequestBody>,
+    peer: SocketAddr,
+) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> {
     let arrived = tokio::time::Instant::now();
     if let Some(resp) = own_method(&req) {
-        return resp;
+        return Box::pin(std::future::ready(resp));
     }
     // One config for the whole request, even if a reload lands in the middle of it.
     let runtime = app.runtime();
     let path = req.uri().path();
     if let Some(rest) = runtime.settings.own_route(path) {
         let rest = rest.to_string();
-        return own::handle(&app, &rest, req).await;
+        return Box::pin(async move { own::handle(&app, &rest, req).await });
     }
     let method_ok = matches!(*req.method(), Method::GET | Method::POST);
-    match runtime.settings.route(path) {
-        Some(route) if method_ok => stream::handle(&app, &runtime, route, req, peer, arrived).await,
-        _ => passthrough::handle(&app, &runtime.upstream, req, peer).await,
+    match runtime.settings.route(path).cloned() {
+        Some(route) if method_ok => {
+            Box::pin(async move { stream::handle(&app, &runtime, &route, req, peer, arrived).await })
+        }
+        _ => Box::pin(async move { passthrough::handle(&app, &runtime.upstream, req, peer).await }),
     }
 }
 

@@ -47,7 +47,16 @@ pub fn encode_frame(stream_id: &str, seq: u64, event: Option<&str>, data: &str) 
     sse::encode_fields(&mut buf, event, data);
     event_id::put(&mut buf, stream_id, seq);
     buf.extend_from_slice(b"\n");
-    buf.freeze()
+    log_frame(buf)
+}
+
+/// A frame as a log keeps it: in an allocation of its own size. `freeze` of a partly filled
+/// buffer would keep its spare room and add a shared header, per frame, for as long as the log
+/// holds it.
+pub(crate) fn log_frame(buf: BytesMut) -> Bytes {
+    let mut exact = Vec::from(buf);
+    exact.shrink_to_fit();
+    Bytes::from(exact)
 }
 
 /// An `error` event without an id, for an error of one connection rather than of the stream.
@@ -129,6 +138,26 @@ pub fn done_with(mut fields: serde_json::Map<String, serde_json::Value>, total_t
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_frames_keep_no_spare_room() {
+        // A log holds its frames for the life of the stream and after: each in an allocation of
+        // its own size, whatever the dialect and the event.
+        let batch_data = batch("Hello, world", 3);
+        let events = [
+            (None, batch_data.as_str()),
+            (Some(EVENT_DONE), r#"{"total_tokens":3}"#),
+            (Some(EVENT_ERROR), &error(ErrorCode::UpstreamLost)),
+        ];
+        for dialect in [Dialect::Native, Dialect::OpenAi] {
+            let mut encoder = dialect.encoder("llama3");
+            for (seq, (event, data)) in events.iter().enumerate() {
+                let frame = encoder.frame("I1VXJqotTFkkycKPq4BGrA", seq as u64 + 1, *event, data);
+                let held = Vec::from(frame);
+                assert_eq!(held.capacity(), held.len(), "{dialect:?} {event:?}");
+            }
+        }
+    }
 
     #[test]
     fn preamble_and_heartbeat_bytes() {

@@ -105,7 +105,7 @@ impl super::dialect::Encoder for Encoder {
             other => self.put_chunk(&mut buf, stream_id, ChunkBody::extra(other, data)),
         }
         put_id(&mut buf, stream_id, seq);
-        buf.freeze()
+        super::log_frame(buf)
     }
 }
 

@@ -226,7 +226,14 @@ where
 
     /// Reads until the stream ends, then closes its log. The upstream body is dropped on return,
     /// which closes the backend connection if the answer was not complete.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub fn run(self, shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
+        // On the heap, once: an `async fn` taking `self` by value holds the reader twice in its
+        // task (the argument and its binding), for the whole life of the stream.
+        let mut reader = Box::new(self);
+        async move { reader.read(shutdown).await }
+    }
+
+    async fn read(&mut self, shutdown: CancellationToken) {
         let _guard = EndGuard(self.stream.clone(), self.metrics.clone());
         self.metrics.streams_started.increment(1);
         let handle = self.store.clone();
