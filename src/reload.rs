@@ -146,6 +146,8 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     // Bound at start.
     keep!("server.listen", server.listen);
     keep!("server.admin_listen", server.admin_listen);
+    // One socket and one thread per worker.
+    keep!("server.workers", server.workers);
     // The listeners' connection slots and deadlines, and the drain at shutdown, are set when
     // they start serving.
     keep!("server.max_connections", server.max_connections);
