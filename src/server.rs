@@ -395,7 +395,12 @@ fn main_loop(app: &Arc<App>) -> impl Fn(TcpListener) -> MainLoop + Clone + Send 
         move |req: Request<RequestBody>, peer: SocketAddr| handlers::dispatch(state.clone(), req, peer);
     let shutdown = app.shutdown.clone();
     move |tcp: TcpListener| -> MainLoop {
-        Box::pin(listener::serve(tcp, opts.clone(), shutdown.clone(), dispatch.clone()))
+        Box::pin(listener::serve(
+            tcp,
+            opts.clone(),
+            shutdown.clone(),
+            dispatch.clone(),
+        ))
     }
 }
 

@@ -65,7 +65,10 @@ async fn two_workers_both_serve_every_answer_whole_and_resumes_cross_connections
     }
     let after = worker_wakeups(p.pid());
     for ((name, b), (_, a)) in before.iter().zip(&after) {
-        assert!(a > b, "worker {name} served none of 40 connections: {before:?} → {after:?}");
+        assert!(
+            a > b,
+            "worker {name} served none of 40 connections: {before:?} → {after:?}"
+        );
     }
 
     // Cut after a few events and resume on a new connection, several times over.
@@ -105,7 +108,10 @@ async fn sigterm_drains_the_streams_of_both_workers_and_exits_0() {
     }
     let after = worker_wakeups(p.pid());
     for ((name, b), (_, a)) in before.iter().zip(&after) {
-        assert!(a > b, "worker {name} serves none of 16 streams: {before:?} → {after:?}");
+        assert!(
+            a > b,
+            "worker {name} serves none of 16 streams: {before:?} → {after:?}"
+        );
     }
 
     p.sigterm();
