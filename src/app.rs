@@ -217,7 +217,7 @@ fn build_runtime(
     let upstream = match previous {
         // The pooled backend connections survive a reload that does not change the backend.
         Some(p) if p.settings.upstream == settings.upstream => p.upstream.clone(),
-        _ => Upstream::new(&settings.upstream),
+        _ => Upstream::new(&settings.upstream, settings.server.workers),
     };
     Runtime {
         upstream,

@@ -223,6 +223,7 @@ pub async fn start_backend(stop: CancellationToken) -> std::io::Result<SocketAdd
             idle: Duration::from_secs(60),
         },
         slots: Arc::new(Semaphore::new(BACKEND_MAX_CONNECTIONS)),
+        awaiting: crate::client_conn::AwaitingHead::new(),
         drain: Duration::from_secs(1),
         metrics: None,
     };

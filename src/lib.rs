@@ -41,3 +41,4 @@ pub mod stream;
 mod sync;
 pub mod telemetry;
 pub(crate) mod upstream;
+pub(crate) mod workers;

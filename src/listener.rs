@@ -9,7 +9,7 @@ use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,6 +30,9 @@ pub struct Options {
     /// One permit per open connection. At none left, the oldest connection that has sent no
     /// request head is closed to make room; with none of those, new ones wait in the accept queue.
     pub slots: Arc<Semaphore>,
+    /// The connections without a request head yet, shared by every accept loop of the listener
+    /// (one per worker thread), so any of them makes room at `slots`' limit.
+    pub awaiting: Arc<AwaitingHead>,
     /// How long open connections may take to finish once the listener stops.
     pub drain: Duration,
     /// Where connections are counted, in `sse_proxy_connections_active`, and a full listener, in
@@ -52,12 +55,43 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Backlog of each listening socket (what `TcpListener::bind` gives).
+const BACKLOG: u32 = 1024;
+
+/// Binds `count` listening sockets on `addr` (port 0: one free port for all of them), in
+/// non-blocking mode for whichever runtime serves each. More than one share the address with
+/// `SO_REUSEPORT`, the kernel spreading new connections over them by a hash of their addresses;
+/// the address is first bound once without it, so that another process holding it is an error
+/// (`address in use`) rather than a silent share of its traffic. Called within a runtime.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let probe = std::net::TcpListener::bind(addr)?;
+    if count <= 1 {
+        probe.set_nonblocking(true)?;
+        return Ok(vec![probe]);
+    }
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..count)
+        .map(|_| {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)?.into_std()
+        })
+        .collect()
+}
+
 /// Serves `listener` with `handler` until `stop` fires, then stops accepting and gives the open
 /// connections `opts.drain` to finish (they are told to close gracefully when `stop` fires).
 pub async fn serve<H: Handler>(listener: TcpListener, opts: Options, stop: CancellationToken, handler: H) {
     let shared = client_conn::Shared {
         builder: builder(),
-        awaiting: AwaitingHead::new(),
+        awaiting: opts.awaiting.clone(),
         timeouts: opts.timeouts,
         shutdown: stop.clone(),
         metrics: opts.metrics.clone(),

@@ -33,6 +33,9 @@ struct Cli {
     /// Admin listener address (overrides server.admin_listen).
     #[arg(long, global = true)]
     admin_listen: Option<SocketAddr>,
+    /// Threads serving the main listener (overrides server.workers).
+    #[arg(long, global = true)]
+    workers: Option<usize>,
     /// Backend URL (overrides upstream.url).
     #[arg(long, global = true)]
     upstream: Option<String>,
@@ -91,6 +94,7 @@ impl Cli {
             listen: self.listen,
             admin_listen: self.admin_listen,
             upstream: self.upstream.clone(),
+            workers: self.workers,
         }
     }
 }
@@ -103,6 +107,7 @@ struct Overrides {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
     upstream: Option<String>,
+    workers: Option<usize>,
 }
 
 /// Reads and checks the config file and applies the command-line overrides (at start and at
@@ -117,6 +122,15 @@ fn load(cli: &Overrides) -> Result<Config, ConfigError> {
     }
     if let Some(u) = &cli.upstream {
         cfg.upstream.url = parse_upstream(u)?;
+    }
+    if let Some(n) = cli.workers {
+        cfg.server.workers = Some(n);
+        cfg.check_workers().map_err(|message| ConfigError::Invalid {
+            file: "--workers".into(),
+            line: 1,
+            col: 1,
+            message,
+        })?;
     }
     if cli.listen.is_some() || cli.admin_listen.is_some() {
         cfg.check_listeners().map_err(|message| ConfigError::Invalid {
@@ -145,8 +159,10 @@ fn parse_upstream(u: &str) -> Result<UpstreamUrl, ConfigError> {
         })
 }
 
+/// The main runtime: signals, the admin listener, the store's background work and the shutdown
+/// sequence. Client connections are served on the worker threads (`server.workers`).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
 /// Runs the proxy with `cfg`, read from the file of `overrides` (read again on reload).
@@ -228,6 +244,13 @@ async fn serve(cfg: Config, started: Started) -> ExitCode {
     // Before the addresses are printed: a SIGHUP from then on reloads, and never ends the process.
     let hangups = reload_on_hangup(bound.reloader(), bound.app().clone());
     let (main, admin) = (bound.main_addr(), bound.admin_addr());
+    let serving = match bound.start().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
         "{}",
         serde_json::json!({ "listening": main.to_string(), "admin": admin.to_string() })
@@ -240,7 +263,7 @@ async fn serve(cfg: Config, started: Started) -> ExitCode {
     if let Some(hangups) = hangups {
         tokio::spawn(hangups);
     }
-    bound.serve().await;
+    serving.serve().await;
     ExitCode::SUCCESS
 }
 

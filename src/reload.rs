@@ -146,6 +146,8 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     // Bound at start.
     keep!("server.listen", server.listen);
     keep!("server.admin_listen", server.admin_listen);
+    // One socket and one thread per worker.
+    keep!("server.workers", server.workers);
     // The listeners' connection slots and deadlines, and the drain at shutdown, are set when
     // they start serving.
     keep!("server.max_connections", server.max_connections);
@@ -243,7 +245,7 @@ mod tests {
     #[test]
     fn keys_bound_at_start_keep_their_running_value_and_are_reported() {
         let new = "[server]\nlisten = \"127.0.0.1:18080\"\nadmin_listen = \"127.0.0.1:19090\"\n\
-                   route_prefix = \"/p\"\n\
+                   workers = 3\nroute_prefix = \"/p\"\n\
                    [store]\nkey_prefix = \"other\"\n\
                    [identity]\nfrom = \"header:authorization\"\n\
                    [resume]\nretention = \"1m\"\nclient_retry = \"2s\"\n";
@@ -254,6 +256,7 @@ mod tests {
             [
                 "server.listen",
                 "server.admin_listen",
+                "server.workers",
                 "store",
                 "resume.retention",
                 "identity"
@@ -261,6 +264,7 @@ mod tests {
         );
         assert_eq!(p.config.server.listen, running.server.listen);
         assert_eq!(p.config.server.admin_listen, running.server.admin_listen);
+        assert_eq!(p.config.server.workers, running.server.workers);
         assert_eq!(p.config.store, running.store);
         assert_eq!(p.config.identity, running.identity);
         assert_eq!(p.config.resume.retention, running.resume.retention);

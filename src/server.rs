@@ -4,7 +4,7 @@
 use crate::admin;
 use crate::app::load_learner;
 use crate::app::App;
-use crate::client_conn::Timeouts;
+use crate::client_conn::{AwaitingHead, Timeouts};
 use crate::handlers;
 use crate::http_util::RequestBody;
 use crate::listener;
@@ -44,6 +44,9 @@ pub enum ServerError {
         /// Why.
         source: crate::store::StoreError,
     },
+    /// A worker thread could not start its runtime.
+    #[error("cannot start a worker thread: {0}")]
+    Worker(std::io::Error),
     /// `[store] ca_file` cannot be read or holds no PEM certificate.
     #[error("store.ca_file {path}: {reason}; give a PEM file with the CA certificate(s) of Redis's TLS certificate")]
     StoreCa {
@@ -84,7 +87,8 @@ impl std::fmt::Display for Listener {
 
 /// A proxy whose listeners are bound, ready to serve.
 pub struct Bound {
-    main: TcpListener,
+    /// One socket per worker (`server.workers`), all on one address.
+    main: Vec<std::net::TcpListener>,
     admin: TcpListener,
     app: Arc<App>,
     prometheus: Prometheus,
@@ -116,7 +120,12 @@ pub async fn bind_with_store(
             source,
         })
     };
-    let main = bind(Listener::Main, settings.server.listen).await?;
+    let addr = settings.server.listen;
+    let main = listener::bind(addr, settings.server.workers).map_err(|source| ServerError::Bind {
+        listener: Listener::Main,
+        addr,
+        source,
+    })?;
     let admin = bind(Listener::Admin, settings.server.admin_listen).await?;
     let mut settings = settings;
     settings.count_into(&metrics);
@@ -227,7 +236,8 @@ impl Bound {
     /// The main listener's address.
     pub fn main_addr(&self) -> SocketAddr {
         self.main
-            .local_addr()
+            .first()
+            .and_then(|l| l.local_addr().ok())
             .unwrap_or(self.app.settings().server.listen)
     }
 
@@ -256,62 +266,161 @@ impl Bound {
         &self.app
     }
 
-    /// Serves until shutdown, then drains: streams get `shutdown_grace` to finish.
+    /// Serves on the current runtime until shutdown, then drains: streams get `shutdown_grace` to
+    /// finish. Every socket of the main listener is served here (the binary serves them on
+    /// threads of their own with [`Bound::start`]).
     pub async fn serve(self) {
-        let app = self.app;
-        let settings = app.settings();
-        let metrics = self.prometheus.handle;
-        let stop_admin = CancellationToken::new();
-        let sweep_every =
-            (settings.resume.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
-        tokio::spawn(admin::upkeep(metrics.clone(), stop_admin.clone()));
-        if app.identity.is_configured() && app.store.store.is_shared() {
-            tokio::spawn(crate::cluster::identity_key::keep_identity_key(
-                app.store.store.clone(),
-                app.identity.key(),
-                app.store.lease,
-                app.metrics.clone(),
-                stop_admin.clone(),
-            ));
-        }
-        tokio::spawn(app.store_health.clone().run(
+        let Bound {
+            main,
+            admin,
+            app,
+            prometheus,
+            reloader,
+        } = self;
+        let stop_admin = background(&app, admin, prometheus.handle, reloader);
+        let serve = main_loop(&app);
+        let loops = main.into_iter().filter_map(|l| match TcpListener::from_std(l) {
+            Ok(l) => Some(serve(l)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve a socket of the main listener");
+                None
+            }
+        });
+        futures_util::future::join_all(loops).await;
+        finish(&app, stop_admin).await;
+    }
+
+    /// Starts the worker threads, one per socket of the main listener (`server.workers`), each
+    /// serving its socket on a single-threaded runtime of its own; the rest runs on the current
+    /// runtime. [`Serving::serve`] runs until shutdown.
+    pub async fn start(self) -> Result<Serving, ServerError> {
+        let Bound {
+            main,
+            admin,
+            app,
+            prometheus,
+            reloader,
+        } = self;
+        let workers = match crate::workers::start(main, main_loop(&app)).await {
+            Ok(w) => w,
+            Err(e) => {
+                app.shutdown.cancel();
+                return Err(ServerError::Worker(e));
+            }
+        };
+        let stop_admin = background(&app, admin, prometheus.handle, reloader);
+        Ok(Serving {
+            app,
+            workers,
+            stop_admin,
+        })
+    }
+}
+
+/// A proxy serving on its worker threads.
+pub struct Serving {
+    app: Arc<App>,
+    workers: crate::workers::Workers,
+    stop_admin: CancellationToken,
+}
+
+impl Serving {
+    /// Serves until shutdown, then drains: streams get `shutdown_grace` to finish; returns once
+    /// the worker threads have stopped.
+    pub async fn serve(self) {
+        self.workers.served().await;
+        finish(&self.app, self.stop_admin).await;
+        self.workers.exit().await;
+    }
+}
+
+/// Starts what runs beside the main listener until the returned token fires: the admin
+/// listener, the sweeper, metrics upkeep, the store's health and identity key, progress saves.
+fn background(
+    app: &Arc<App>,
+    admin: TcpListener,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    reloader: Option<Arc<Reloader>>,
+) -> CancellationToken {
+    let settings = app.settings();
+    let stop_admin = CancellationToken::new();
+    let sweep_every =
+        (settings.resume.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    tokio::spawn(app.registry.clone().run_sweeper(sweep_every, stop_admin.clone()));
+    tokio::spawn(admin::upkeep(metrics.clone(), stop_admin.clone()));
+    if app.identity.is_configured() && app.store.store.is_shared() {
+        tokio::spawn(crate::cluster::identity_key::keep_identity_key(
             app.store.store.clone(),
+            app.identity.key(),
+            app.store.lease,
             app.metrics.clone(),
             stop_admin.clone(),
         ));
-        let admin = Admin {
-            app: app.clone(),
-            metrics,
-            reloader: self.reloader,
-        };
-        tokio::spawn(serve_admin(self.admin, admin, stop_admin.clone()));
-        if settings
-            .progress
-            .as_ref()
-            .is_some_and(|p| p.learner.state_file.is_some())
-        {
-            tokio::spawn(save_periodically(app.clone(), stop_admin.clone()));
-        }
-        let grace = settings.server.shutdown_grace + Duration::from_secs(5);
-        let main = listener::Options {
-            name: "main",
-            timeouts: timeouts(&settings),
-            slots: app.connections.clone(),
-            drain: grace,
-            metrics: Some(app.metrics.clone()),
-        };
-        let state = app.clone();
-        let dispatch =
-            move |req: Request<RequestBody>, peer: SocketAddr| handlers::dispatch(state.clone(), req, peer);
-        listener::serve(self.main, main, app.shutdown.clone(), dispatch).await;
-        app.registry.wait_readers(grace).await;
-        if let Some(learner) = app.learner() {
-            save_learner(learner).await;
-        }
-        stop_admin.cancel();
-        tracing::info!("stopped");
     }
+    tokio::spawn(app.store_health.clone().run(
+        app.store.store.clone(),
+        app.metrics.clone(),
+        stop_admin.clone(),
+    ));
+    let admin_state = Admin {
+        app: app.clone(),
+        metrics,
+        reloader,
+    };
+    tokio::spawn(serve_admin(admin, admin_state, stop_admin.clone()));
+    if settings
+        .progress
+        .as_ref()
+        .is_some_and(|p| p.learner.state_file.is_some())
+    {
+        tokio::spawn(save_periodically(app.clone(), stop_admin.clone()));
+    }
+    stop_admin
+}
+
+/// The accept loop of one socket of the main listener, until shutdown and its drain; every
+/// socket's loop shares the connection slots.
+fn main_loop(app: &Arc<App>) -> impl Fn(TcpListener) -> MainLoop + Clone + Send + 'static {
+    let settings = app.settings();
+    let opts = listener::Options {
+        name: "main",
+        timeouts: timeouts(&settings),
+        slots: app.connections.clone(),
+        awaiting: AwaitingHead::new(),
+        drain: drain(&settings),
+        metrics: Some(app.metrics.clone()),
+    };
+    let state = app.clone();
+    let dispatch =
+        move |req: Request<RequestBody>, peer: SocketAddr| handlers::dispatch(state.clone(), req, peer);
+    let shutdown = app.shutdown.clone();
+    move |tcp: TcpListener| -> MainLoop {
+        Box::pin(listener::serve(
+            tcp,
+            opts.clone(),
+            shutdown.clone(),
+            dispatch.clone(),
+        ))
+    }
+}
+
+/// A running accept loop of the main listener.
+type MainLoop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How long connections and stream readers may take to finish once shutdown starts.
+fn drain(settings: &Settings) -> Duration {
+    settings.server.shutdown_grace + Duration::from_secs(5)
+}
+
+/// Once the main listener has drained: waits for the stream readers, saves what progress
+/// learned, and stops the background work.
+async fn finish(app: &Arc<App>, stop_admin: CancellationToken) {
+    app.registry.wait_readers(drain(&app.settings())).await;
+    if let Some(learner) = app.learner() {
+        save_learner(learner).await;
+    }
+    stop_admin.cancel();
+    tracing::info!("stopped");
 }
 
 /// The deadlines of a client connection on either listener.
@@ -336,6 +445,7 @@ async fn serve_admin(tcp: TcpListener, admin: Admin, stop: CancellationToken) {
         name: "admin",
         timeouts: timeouts(&admin.app.settings()),
         slots: Arc::new(Semaphore::new(admin::MAX_CONNECTIONS)),
+        awaiting: AwaitingHead::new(),
         drain: ADMIN_DRAIN,
         metrics: None,
     };

@@ -62,6 +62,8 @@ pub struct Server {
     pub idle_timeout: Duration,
     /// Client connections on the main listener at most.
     pub max_connections: usize,
+    /// Threads serving the main listener (`server.workers`, or one per core).
+    pub workers: usize,
 }
 
 /// A `[[stream]]` route: which requests are on it and everything a stream of it needs.
@@ -143,6 +145,7 @@ impl Settings {
                 body_read_timeout: cfg.server.body_read_timeout.0,
                 idle_timeout: cfg.server.idle_timeout.0,
                 max_connections: cfg.server.max_connections,
+                workers: cfg.server.workers.unwrap_or_else(default_workers),
             },
             upstream: UpstreamSettings {
                 url: cfg.upstream.url.0.clone(),
@@ -224,6 +227,11 @@ impl Settings {
         path.strip_prefix(self.route_prefix.as_str())
             .filter(|rest| rest.starts_with('/'))
     }
+}
+
+/// One worker per core the process may use, as the OS reports it (1 when it does not say).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn route(r: &config::StreamRoute) -> Route {

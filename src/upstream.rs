@@ -8,6 +8,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why the backend could not be asked.
@@ -43,7 +44,10 @@ pub struct UpstreamSettings {
 /// The backend client.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, ProxyBody>,
+    /// One pool per worker thread ([`crate::workers`]): a backend connection is driven by a task
+    /// on the thread that opened it, so a request from another thread would cross threads at
+    /// every read.
+    clients: Arc<[Client<HttpConnector, ProxyBody>]>,
     scheme_authority: String,
     base_path: String,
     connect_timeout: Duration,
@@ -51,23 +55,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A pooled HTTP/1.1 client for the backend.
-    pub fn new(settings: &UpstreamSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            // A backend that sends faster than the proxy parses must not grow a read buffer of
-            // hundreds of KiB per connection (hyper's default ceiling), kept while pooled.
-            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+    /// A pooled HTTP/1.1 client for the backend, with a pool for each of `workers` threads.
+    pub fn new(settings: &UpstreamSettings, workers: usize) -> Self {
         let uri = &settings.url;
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         Upstream {
-            client,
+            clients: (0..workers.max(1)).map(|_| client(settings)).collect(),
             scheme_authority: format!("http://{authority}"),
             base_path: uri.path().trim_end_matches('/').to_string(),
             connect_timeout: settings.connect_timeout,
@@ -86,13 +79,29 @@ impl Upstream {
     pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
         // The backend speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let client = &self.clients[crate::workers::index() % self.clients.len()];
+        match tokio::time::timeout(self.response_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.response_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if is_timeout(&e) => Err(UpstreamError::Timeout(self.connect_timeout)),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
         }
     }
+}
+
+/// A pooled HTTP/1.1 client for the backend.
+fn client(settings: &UpstreamSettings) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        // A backend that sends faster than the proxy parses must not grow a read buffer of
+        // hundreds of KiB per connection (hyper's default ceiling), kept while pooled.
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -225,7 +234,7 @@ mod tests {
         let cfg: crate::config::Config =
             crate::config::Config::from_toml_str("[upstream]\nurl = \"http://127.0.0.1:9/base/\"\n", "x")
                 .expect("cfg");
-        let u = Upstream::new(&crate::settings::Settings::build(&cfg).upstream);
+        let u = Upstream::new(&crate::settings::Settings::build(&cfg).upstream, 1);
         assert_eq!(
             u.uri_for("/a?b=1").expect("uri").to_string(),
             "http://127.0.0.1:9/base/a?b=1"

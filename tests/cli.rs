@@ -158,6 +158,12 @@ fn override_flags_work_before_and_after_the_subcommand() {
         err.contains("--listen:1:1") && err.contains("server.admin_listen"),
         "{err}"
     );
+    let (code, _, err) = run(&["check", "--config", f.path(), "--workers", "0"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--workers:1:1") && err.contains("server.workers must be between 1 and 1024"),
+        "{err}"
+    );
     // The demo runs its own backend: a config or backend given to it is refused, not ignored.
     for args in [
         vec!["demo", "--upstream", "http://127.0.0.1:9"],

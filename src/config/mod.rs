@@ -80,6 +80,9 @@ pub struct Config {
     pub store: Store,
 }
 
+/// Most threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 /// `[server]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -100,6 +103,8 @@ pub struct Server {
     pub max_connections: usize,
     /// Path prefix of the proxy's own routes (client, demo, cancel, client metrics).
     pub route_prefix: String,
+    /// Threads serving the main listener, each with its own connections; unset: one per core.
+    pub workers: Option<usize>,
 }
 
 impl Default for Server {
@@ -113,6 +118,7 @@ impl Default for Server {
             idle_timeout: Dur(Duration::from_secs(60)),
             max_connections: 10_000,
             route_prefix: "/_sse-proxy".into(),
+            workers: None,
         }
     }
 }
@@ -624,6 +630,16 @@ impl Config {
         }
     }
 
+    /// Checks `server.workers` (also after `--workers` replaced it).
+    pub fn check_workers(&self) -> Result<(), String> {
+        match self.server.workers {
+            Some(n) if !(1..=MAX_WORKERS).contains(&n) => Err(format!(
+                "server.workers must be between 1 and {MAX_WORKERS} (leave it out for one per core)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Cross-field checks; the error says where to point and what is allowed.
     fn validate(self) -> Result<Config, (At, String)> {
         let positive = |v: bool, key: &'static str, what: &str| {
@@ -728,6 +744,9 @@ impl Config {
             "limits.max_write_bytes",
             "limits.max_write_bytes must be at least 1KiB",
         )?;
+        if let Err(message) = self.check_workers() {
+            return Err((At::Key("server.workers"), message));
+        }
         positive(
             (1..=1_000_000).contains(&self.server.max_connections),
             "server.max_connections",

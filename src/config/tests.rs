@@ -88,6 +88,24 @@ fn absurd_durations_are_rejected() {
 }
 
 #[test]
+fn workers_between_1_and_1024_else_an_error_at_the_key() {
+    for bad in ["0", "1025"] {
+        let (line, col, msg) = err(&format!(
+            "[upstream]\nurl = \"http://a:1\"\n[server]\nworkers = {bad}\n"
+        ));
+        assert_eq!((line, col), (4, 1), "{msg}");
+        assert!(msg.contains("server.workers must be between 1 and 1024"), "{msg}");
+    }
+    let (line, _, msg) = err("[server]\nworkers = -1\n[upstream]\nurl = \"http://a:1\"\n");
+    assert_eq!(line, 2, "{msg}");
+    let ok = Config::from_toml_str("[server]\nworkers = 3\n[upstream]\nurl = \"http://a:1\"\n", "t")
+        .expect("valid");
+    assert_eq!(ok.server.workers, Some(3));
+    let default = Config::from_toml_str("[upstream]\nurl = \"http://a:1\"\n", "t").expect("valid");
+    assert_eq!(default.server.workers, None);
+}
+
+#[test]
 fn bad_size_and_url() {
     let (line, _, msg) = err("[upstream]\nurl = \"http://a:1\"\nmax_event_bytes = \"1MB\"\n");
     assert_eq!(line, 3);

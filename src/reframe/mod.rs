@@ -30,7 +30,7 @@ use lines::Lines;
 use std::sync::Arc;
 use std::time::Duration;
 use store_writer::StoreWriter;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Everything a stream's reader needs that is fixed for its route.
@@ -269,8 +269,16 @@ where
         let mut followers = self.stream.watch_followers();
         let mut detached_since = (*followers.borrow_and_update() == 0).then(Instant::now);
         let mut shutdown_at: Option<Instant> = None;
-        let mut idle_at = Instant::now() + self.settings.idle_timeout;
         let stream = self.stream.clone();
+        // Made once and polled again at every turn (a token is a turn or two): a fresh one per
+        // turn would register and deregister itself each time. The idle deadline only moves
+        // later, which a timer takes without a trip to the timer wheel; the batch deadline also
+        // moves earlier, and a timer moved later still wakes the thread at its old deadline, so
+        // that one is made per turn.
+        let cancelled = stream.cancelled();
+        let shutting_down = shutdown.cancelled();
+        let idle = sleep_until(Instant::now() + self.settings.idle_timeout);
+        tokio::pin!(cancelled, shutting_down, idle);
         loop {
             let detach_at = detached_since.map(|t| t + self.settings.detach_grace);
             if detached_since.is_some() && self.settings.cancel_on_disconnect {
@@ -282,10 +290,10 @@ where
             }
             tokio::select! {
                 biased;
-                _ = stream.cancelled() => return End::Cancelled,
+                _ = &mut cancelled => return End::Cancelled,
                 _ = sleep_opt(shutdown_at) => return End::Error(ErrorCode::Shutdown),
                 _ = sleep_opt(detach_at) => return End::Error(ErrorCode::Abandoned),
-                _ = shutdown.cancelled(), if shutdown_at.is_none() => {
+                _ = &mut shutting_down, if shutdown_at.is_none() => {
                     shutdown_at = Some(Instant::now() + self.settings.shutdown_grace);
                     if self.store.handoff {
                         tracing::info!("shutting down: clients resume on another replica; reading on");
@@ -313,15 +321,14 @@ where
                     }
                 }
                 _ = sleep_opt(batch_at) => self.flush(Instant::now()),
-                frame = timeout_at(idle_at, self.body.frame()) => match frame {
-                    Err(_) => return End::Error(ErrorCode::UpstreamTimeout),
-                    Ok(None) => return self.at_eof(),
-                    Ok(Some(Err(e))) => {
+                frame = self.body.frame() => match frame {
+                    None => return self.at_eof(),
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "upstream body failed");
                         return End::Error(e.code());
                     }
-                    Ok(Some(Ok(frame))) => {
-                        idle_at = Instant::now() + self.settings.idle_timeout;
+                    Some(Ok(frame)) => {
+                        idle.as_mut().reset(Instant::now() + self.settings.idle_timeout);
                         if let Ok(data) = frame.into_data() {
                             if let Some(end) = self.feed(data) {
                                 return end;
@@ -329,6 +336,8 @@ where
                         }
                     }
                 },
+                // After the frame: a frame that is there when the deadline passes is read.
+                _ = &mut idle => return End::Error(ErrorCode::UpstreamTimeout),
             }
         }
     }
