@@ -94,7 +94,7 @@ async fn blocking_reads_share_one_connection() {
     let mut waiters = Vec::new();
     for _ in 0..STREAMS {
         let id = StreamId::random();
-        store.create(id, new_stream()).await.expect("create");
+        store.create(id, NewStream::for_tests()).await.expect("create");
         let store = store.clone();
         waiters.push(tokio::spawn(async move {
             let deadline = Instant::now() + common::WAIT;
@@ -131,15 +131,6 @@ async fn blocking_reads_share_one_connection() {
     }
 }
 
-fn new_stream() -> NewStream {
-    NewStream {
-        owner: None,
-        route: "/r".into(),
-        model: "m".into(),
-        replica: "a".into(),
-    }
-}
-
 /// A stopped Redis fails every operation within the store's timeout, waits included; once it is
 /// back, the command connection and the shared reader connect again by themselves.
 #[tokio::test]
@@ -154,7 +145,7 @@ async fn a_redis_that_goes_away_fails_operations_quickly_and_is_used_again_once_
     );
     store.ping().await.expect("ping");
     let id = StreamId::random();
-    store.create(id, new_stream()).await.expect("create");
+    store.create(id, NewStream::for_tests()).await.expect("create");
     server.stop();
     for _ in 0..3 {
         let started = Instant::now();
@@ -176,7 +167,7 @@ async fn a_redis_that_goes_away_fails_operations_quickly_and_is_used_again_once_
     // Back empty: the stream is gone, a new one works, and a waiter is woken through the reader.
     assert_eq!(store.meta(id).await.err(), Some(StoreError::NotFound));
     let id = StreamId::random();
-    store.create(id, new_stream()).await.expect("create");
+    store.create(id, NewStream::for_tests()).await.expect("create");
     let waiter = tokio::spawn({
         let store = store.clone();
         async move { store.wait(id, 0, Instant::now() + common::WAIT).await }

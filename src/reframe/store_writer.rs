@@ -478,15 +478,6 @@ mod tests {
     use crate::store::gate::Gate;
     use crate::store::MemoryStore;
 
-    fn new_stream() -> NewStream {
-        NewStream {
-            owner: None,
-            route: "/r".into(),
-            model: "m".into(),
-            replica: "a".into(),
-        }
-    }
-
     /// Drives `writer` as the reader's loop does until `until`.
     async fn drive(writer: &mut StoreWriter<'_>, until: Instant) {
         while let Ok(done) = timeout_at(until, writer.next()).await {
@@ -502,7 +493,7 @@ mod tests {
         let stream = Stream::new(id, "/r".into(), "m".into(), None, log);
         let lease = Duration::from_secs(1);
         let metrics = Arc::new(Metrics::noop());
-        let mut writer = StoreWriter::new(&*gate, lease, &stream, new_stream(), metrics);
+        let mut writer = StoreWriter::new(&*gate, lease, &stream, NewStream::for_tests(), metrics);
         let start = Instant::now();
         drive(&mut writer, start + Duration::from_millis(100)).await;
         assert!(writer.created, "the record is in the store");

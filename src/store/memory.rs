@@ -437,19 +437,10 @@ mod tests {
         MemoryStore::new(settings, max_total)
     }
 
-    fn new_stream() -> NewStream {
-        NewStream {
-            owner: None,
-            route: "/r".into(),
-            model: "m".into(),
-            replica: "a".into(),
-        }
-    }
-
     /// A running stream holding `n` frames of `size` bytes.
     async fn filled(store: &MemoryStore, n: u64, size: usize) -> StreamId {
         let id = StreamId::random();
-        store.create(id, new_stream()).await.expect("create");
+        store.create(id, NewStream::for_tests()).await.expect("create");
         let frames = (0..n).map(|_| Bytes::from(vec![b'x'; size])).collect();
         store.append(id, Batch::new(1, frames)).await.expect("append");
         id
@@ -487,7 +478,7 @@ mod tests {
         assert_eq!(store.meta(old).await, Err(StoreError::NotFound));
         tokio::time::advance(Duration::from_secs(66)).await;
         // A lapsed lease plus the retention: the id of a crashed owner's stream is free again.
-        store.create(young, new_stream()).await.expect("reused");
+        store.create(young, NewStream::for_tests()).await.expect("reused");
         assert_eq!(store.held_bytes(), 0);
     }
 

@@ -150,6 +150,19 @@ pub struct NewStream {
     pub replica: String,
 }
 
+impl NewStream {
+    /// The record tests create: no owner, route `/r`, model `m`, replica `a`.
+    #[cfg(any(test, feature = "store-contract"))]
+    pub fn for_tests() -> Self {
+        NewStream {
+            owner: None,
+            route: "/r".into(),
+            model: "m".into(),
+            replica: "a".into(),
+        }
+    }
+}
+
 /// Where a stream is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

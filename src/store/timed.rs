@@ -184,12 +184,7 @@ mod tests {
         let gate = Gate::new(memory());
         let timed = Timed::new(gate.clone(), prom.metrics.clone());
         let id = StreamId::random();
-        let new = NewStream {
-            owner: None,
-            route: "/r".into(),
-            model: "m".into(),
-            replica: "a".into(),
-        };
+        let new = NewStream::for_tests();
         // The memory store answers at once, and so does its timed wrapper.
         let mut create = timed.create(id, new);
         let polled = create.as_mut().poll(&mut Context::from_waker(Waker::noop()));

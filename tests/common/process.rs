@@ -228,28 +228,22 @@ impl ProxyProcess {
 
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
-        let st = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success());
+        self.signal("-TERM");
     }
 
     /// Sends SIGHUP: the proxy reloads its config file.
     pub fn sighup(&self) {
-        let st = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success());
+        self.signal("-HUP");
     }
 
     /// Sends SIGKILL: the process ends at once, its sockets closed by the kernel.
     pub fn sigkill(&self) {
+        self.signal("-KILL");
+    }
+
+    fn signal(&self, which: &str) {
         let st = Command::new("kill")
-            .arg("-KILL")
+            .arg(which)
             .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
@@ -275,6 +269,20 @@ impl ProxyProcess {
         })
         .await
         .expect("join")
+    }
+
+    /// [`ProxyProcess::exit`], asserting exit status 0 and no line logged at ERROR: the JSON log
+    /// lines and the whole log.
+    pub async fn clean_exit(self) -> (Vec<serde_json::Value>, String) {
+        let (status, log) = self.exit().await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "exit status {status:?}; log:\n{log}"
+        );
+        let lines = json_lines(&log);
+        let errors: Vec<_> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
+        assert!(errors.is_empty(), "errors logged at shutdown: {errors:?}");
+        (lines, log)
     }
 
     fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
