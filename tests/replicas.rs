@@ -52,24 +52,8 @@ async fn a_resume_on_another_proxy_replays_from_the_store_then_tails_live() {
     let a = replica(up.addr, store.clone()).await;
     let b = replica(up.addr, store.clone()).await;
 
-    let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
-    assert_eq!(resp.status(), 200);
-    let sid = stream_id_of(&resp);
-    let mut all = Events::new(resp).take(3).await;
-    assert_eq!(all.len(), 3);
-    let key = parse_stream_id(&sid);
-    assert!(b.app.registry.get(&key).is_none(), "B does not read it");
-
-    let resp = resume(&b, &id_of(&all[2])).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(stream_id_of(&resp), sid);
-    all.extend(Events::new(resp).all().await);
-    assert_gapless(&all, 1);
-    assert_eq!(text_of(&all), tokens.concat());
+    let (sid, all) = assert_resume_crosses_replicas(&a, &b, &up, &tokens).await;
     let done = all.last().expect("events");
-    assert_eq!(done.event, "done");
-    assert_eq!(up.requests(), 1, "one upstream request");
-    assert!(b.app.registry.get(&key).is_none(), "B only read the store");
 
     // The end as B sees it is the end as A sees it.
     assert_eq!(resume(&b, &id_of(done)).await.status(), 204);

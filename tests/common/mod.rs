@@ -625,13 +625,13 @@ pub fn seen_uris(seen: &Seen) -> Vec<String> {
 
 /// Starts a stream on `a`, reads three events, resumes on `b` (which does not read it) and checks
 /// that the client gets exactly `tokens`, gapless, from one upstream request, `b` replaying and
-/// tailing the shared store.
+/// tailing the shared store. Returns the stream id and every event the client got.
 pub async fn assert_resume_crosses_replicas(
     a: &TestProxy,
     b: &TestProxy,
     up: &MockUpstream,
     tokens: &[String],
-) {
+) -> (String, Vec<Ev>) {
     let resp = get(&format!("http://{}/stream", a.addr), &[]).await;
     assert_eq!(resp.status(), 200);
     let sid = stream_id_of(&resp);
@@ -649,5 +649,6 @@ pub async fn assert_resume_crosses_replicas(
     assert_eq!(text_of(&all), tokens.concat());
     assert_eq!(all.last().map(|e| e.event.as_str()), Some("done"));
     assert_eq!(up.requests(), 1, "one upstream request");
-    assert!(b.app.registry.get(&key).is_none(), "B only read Redis");
+    assert!(b.app.registry.get(&key).is_none(), "B only read the store");
+    (sid, all)
 }
