@@ -7,9 +7,7 @@ use crate::metrics::{Metrics, StoreOp};
 use crate::store::{self, AdmitLimits, Claim, Store, StoreError};
 use crate::stream::{Registry, Rejected, Slot};
 use crate::sync::lock;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
@@ -81,20 +79,14 @@ impl Admitted {
 impl Drop for Held {
     fn drop(&mut self) {
         let (store, claim, metrics) = (self.store.clone(), self.claim.clone(), self.metrics.clone());
-        let mut release = Box::pin(async move {
+        // A store in memory answers at once: the place is free when the answer's reader ends.
+        super::give_back_on_drop(async move {
             if let Err(e) = store.release(claim).await {
                 // Its lease lapses instead.
                 tracing::debug!(error = %e, "a place in the cluster-wide limits was not given back");
                 metrics.store_errors.increment(StoreOp::Admit);
             }
         });
-        // A store in memory answers at once: the place is free when the answer's reader ends.
-        let mut cx = Context::from_waker(Waker::noop());
-        if release.as_mut().poll(&mut cx).is_pending() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(release);
-            }
-        }
     }
 }
 

@@ -7,9 +7,7 @@ use crate::ids::StreamId;
 use crate::metrics::{Metrics, StoreOp};
 use crate::store::{self, Store, StoreError};
 use crate::stream::{Registry, RemoteFollower};
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Waker};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -97,18 +95,12 @@ impl Following {
 impl Drop for StoreFollower {
     fn drop(&mut self) {
         let (store, id, token, metrics) = (self.store.clone(), self.id, self.token, self.metrics.clone());
-        let mut leave = Box::pin(async move {
+        super::give_back_on_drop(async move {
             if let Err(e) = store.unfollow(id, token).await {
                 // Its lease lapses instead.
                 tracing::debug!(error = %e, "a follower was not uncounted");
                 metrics.store_errors.increment(StoreOp::Admit);
             }
         });
-        let mut cx = Context::from_waker(Waker::noop());
-        if leave.as_mut().poll(&mut cx).is_pending() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(leave);
-            }
-        }
     }
 }
