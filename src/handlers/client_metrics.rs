@@ -1,6 +1,6 @@
 //! `POST {route_prefix}/client-metrics`: one small, strictly validated summary per stream from browsers.
 
-use crate::app::App;
+use crate::app::{App, Runtime};
 use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::metrics::{RejectReason, ReportOutcome};
 use http::{Request, Response, StatusCode};
@@ -45,7 +45,7 @@ impl Report {
 }
 
 /// Validates and records one report: 204, 400 (malformed), 413 (too large), 429 (rate limited).
-pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody> {
+pub async fn handle(app: &App, runtime: &Runtime, req: Request<RequestBody>) -> Response<ProxyBody> {
     let m = &app.metrics;
     let bad = |msg: &str| {
         m.rejected.increment(RejectReason::ClientMetricsInvalid);
@@ -55,7 +55,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody>
     if !is_json {
         return bad("Content-Type must be application/json");
     }
-    let within = app.settings().server.body_read_timeout;
+    let within = runtime.settings.server.body_read_timeout;
     let body = match http_util::read_body(req.into_body(), MAX_REPORT_BYTES, within).await {
         Ok(b) => b,
         Err(http_util::BodyError::TooLarge(_)) => return bad("report larger than 1024 bytes"),
@@ -68,7 +68,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Response<ProxyBody>
     if let Err(msg) = report.validate() {
         return bad(msg);
     }
-    if !app.runtime().client_reports.allow() {
+    if !runtime.client_reports.allow() {
         m.rejected.increment(RejectReason::ClientMetricsRate);
         return http_util::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many reports");
     }

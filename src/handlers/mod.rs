@@ -39,7 +39,7 @@ pub fn dispatch(
     let path = req.uri().path();
     if let Some(rest) = runtime.settings.own_route(path) {
         let rest = rest.to_string();
-        return Box::pin(async move { own::handle(&app, &rest, req).await });
+        return Box::pin(async move { own::handle(&app, &runtime, &rest, req).await });
     }
     let method_ok = matches!(*req.method(), Method::GET | Method::POST);
     match runtime.settings.route(path).cloned() {

@@ -1,6 +1,6 @@
 //! The proxy's own routes under `server.route_prefix`: client, demo page, cancel, client metrics.
 
-use crate::app::App;
+use crate::app::{App, Runtime};
 use crate::http_util::{self, ProxyBody, RequestBody};
 use crate::ids::StreamId;
 use crate::stream::{Outcome, State};
@@ -15,15 +15,21 @@ const VUE_JS: &str = include_str!("../../clients/js/dist/vue.js");
 const DEMO_HTML: &str = include_str!("../../clients/js/demo/index.html");
 
 /// Handles `{route_prefix}{rest}`.
-pub async fn handle(app: &App, rest: &str, req: Request<RequestBody>) -> Response<ProxyBody> {
+/// The request's `runtime` (its config snapshot) decides which of them are on.
+pub async fn handle(
+    app: &App,
+    runtime: &Runtime,
+    rest: &str,
+    req: Request<RequestBody>,
+) -> Response<ProxyBody> {
     let method = req.method().clone();
     match (&method, rest) {
         // `vue.js` imports its sibling as `./sse-client.js`; `client.js` is the documented name.
         (&Method::GET, "/client.js" | "/sse-client.js") => asset(CLIENT_JS, "text/javascript; charset=utf-8"),
         (&Method::GET, "/vue.js") => asset(VUE_JS, "text/javascript; charset=utf-8"),
-        (&Method::GET, "/demo") if app.settings().demo => asset(DEMO_HTML, "text/html; charset=utf-8"),
-        (&Method::POST, "/client-metrics") if app.settings().client_metrics.is_some() => {
-            super::client_metrics::handle(app, req).await
+        (&Method::GET, "/demo") if runtime.settings.demo => asset(DEMO_HTML, "text/html; charset=utf-8"),
+        (&Method::POST, "/client-metrics") if runtime.settings.client_metrics.is_some() => {
+            super::client_metrics::handle(app, runtime, req).await
         }
         (&Method::POST, r) => match cancel_id(r) {
             Some(id) => cancel(app, id, &req).await,

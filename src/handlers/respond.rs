@@ -8,15 +8,18 @@ use crate::http_util::{self, ProxyBody};
 use crate::ids::StreamId;
 use crate::metrics::{ErrorLabel, Metrics, RejectReason};
 use crate::protocol::Dialect;
+use crate::settings::Settings;
 use crate::stream::{Follower, Rejected};
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-/// A `200 text/event-stream` response following `follower`'s stream after seq `after`.
+/// A `200 text/event-stream` response following `follower`'s stream after seq `after`, as the
+/// request's `settings` say.
 pub fn event_stream_response(
     app: &App,
+    settings: &Settings,
     follower: Follower,
     after: u64,
     span: tracing::Span,
@@ -26,8 +29,8 @@ pub fn event_stream_response(
     let mut cursor = Cursor::new(
         follower,
         after,
-        preamble(app, dialect),
-        app.settings().cursor,
+        preamble(settings, dialect),
+        settings.cursor,
         app.metrics.clone(),
     )
     .dialect(dialect);
@@ -42,6 +45,7 @@ pub fn event_stream_response(
 /// `follower` counts a connection of, written in `dialect` (its route's).
 pub fn store_stream_response(
     app: &App,
+    settings: &Settings,
     follower: Following,
     dialect: Dialect,
     after: u64,
@@ -54,8 +58,8 @@ pub fn store_stream_response(
     let cursor = Cursor::remote(
         remote,
         after,
-        preamble(app, dialect),
-        app.settings().cursor,
+        preamble(settings, dialect),
+        settings.cursor,
         app.metrics.clone(),
     )
     .dialect(dialect);
@@ -63,8 +67,8 @@ pub fn store_stream_response(
 }
 
 /// What every stream response starts with: the `retry:` line on native routes.
-fn preamble(app: &App, dialect: Dialect) -> Bytes {
-    dialect.preamble(app.settings().resume.client_retry.as_millis() as u64)
+fn preamble(settings: &Settings, dialect: Dialect) -> Bytes {
+    dialect.preamble(settings.resume.client_retry.as_millis() as u64)
 }
 
 fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<ProxyBody> {
@@ -85,13 +89,13 @@ fn sse_response(id: StreamId, cursor: Cursor, span: tracing::Span) -> Response<P
     resp
 }
 
-/// A 429 with `Retry-After`, counted under the limit that was reached.
-pub fn too_many(app: &App, why: Rejected) -> Response<ProxyBody> {
+/// A 429 with `Retry-After` (from `settings`), counted under the limit that was reached.
+pub fn too_many(app: &App, settings: &Settings, why: Rejected) -> Response<ProxyBody> {
     app.metrics.rejected.increment(RejectReason::from(why));
     let mut resp = http_util::error(StatusCode::TOO_MANY_REQUESTS, why.code(), &why.to_string());
     resp.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(app.settings().limits.retry_after_secs),
+        HeaderValue::from(settings.limits.retry_after_secs),
     );
     resp
 }

@@ -9,6 +9,7 @@ use crate::log::StreamLog;
 use crate::metrics::{Metrics, ResumeResult, StoreOp};
 use crate::protocol::{EventId, EventIdError};
 use crate::query;
+use crate::settings::Settings;
 use crate::store::{self, StoreError};
 use crate::stream::Rejected;
 use http::header::{self, HeaderValue};
@@ -40,10 +41,10 @@ pub fn requested<B>(req: &Request<B>) -> Result<Option<EventId>, EventIdError> {
     }
 }
 
-/// Decides the answer to a resume of `id` by `owner`.
-pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
+/// Decides the answer to a resume of `id` by `owner`, as the request's `settings` say.
+pub async fn answer(app: &App, settings: &Settings, id: EventId, owner: Option<Owner>) -> Resume {
     let Some(stream) = app.registry.get(&id.stream) else {
-        return from_store(app, id, owner).await;
+        return from_store(app, settings, id, owner).await;
     };
     if !app.identity.permits(stream.owner, owner) {
         return Resume::Gone;
@@ -59,25 +60,25 @@ pub async fn answer(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
-    let Some(follower) = stream.attach(app.settings().limits.max_followers) else {
-        return Resume::Respond(too_many(app, Rejected::MaxFollowers));
+    let Some(follower) = stream.attach(settings.limits.max_followers) else {
+        return Resume::Respond(too_many(app, settings, Rejected::MaxFollowers));
     };
     app.metrics.resumes.increment(ResumeResult::Replayed);
     let span =
         tracing::info_span!("stream", stream_id = %stream.id, route = %stream.route, model = %stream.model);
     span.in_scope(|| tracing::info!(after = id.seq, "stream resumed"));
-    Resume::Respond(event_stream_response(app, follower, id.seq, span))
+    Resume::Respond(event_stream_response(app, settings, follower, id.seq, span))
 }
 
 /// A resume of a stream this process does not hold: another replica reads it, or read it before.
-async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
+async fn from_store(app: &App, settings: &Settings, id: EventId, owner: Option<Owner>) -> Resume {
     let meta = match tokio::time::timeout(STORE_ANSWER, app.store.store.meta(id.stream)).await {
         Ok(Ok(meta)) => meta,
         Ok(Err(StoreError::NotFound)) => return Resume::Gone,
-        Ok(Err(e)) => return Resume::Respond(store_failed(app, &e)),
+        Ok(Err(e)) => return Resume::Respond(store_failed(app, settings, &e)),
         Err(_) => {
             let e = StoreError::Unavailable("no answer in time".into());
-            return Resume::Respond(store_failed(app, &e));
+            return Resume::Respond(store_failed(app, settings, &e));
         }
     };
     // This process serves the streams it reads from its own log only: one it no longer holds was
@@ -93,7 +94,7 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
             stored = meta.last_seq,
             "resume of events not in the store yet"
         );
-        return Resume::Respond(unavailable(app));
+        return Resume::Respond(unavailable(app, settings));
     }
     if id.seq > meta.last_seq || id.seq + 1 < meta.first_seq {
         return Resume::Gone;
@@ -102,10 +103,10 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
         app.metrics.resumes.increment(ResumeResult::Finished);
         return Resume::Respond(http_util::status(StatusCode::NO_CONTENT));
     }
-    let max = app.settings().limits.max_followers;
+    let max = settings.limits.max_followers;
     let follower = match cluster::follow(&app.store, &app.registry, id.stream, max, &app.metrics).await {
         Ok(f) => f,
-        Err(NotFollowing::Full) => return Resume::Respond(too_many(app, Rejected::MaxFollowers)),
+        Err(NotFollowing::Full) => return Resume::Respond(too_many(app, settings, Rejected::MaxFollowers)),
         Err(NotFollowing::Gone) => return Resume::Gone,
     };
     app.metrics.resumes.increment(ResumeResult::Replayed);
@@ -114,19 +115,21 @@ async fn from_store(app: &App, id: EventId, owner: Option<Owner>) -> Resume {
     span.in_scope(
         || tracing::info!(after = id.seq, replica = %meta.replica, "stream resumed from the store"),
     );
-    let dialect = app.settings().dialect_of(&meta.route);
-    Resume::Respond(store_stream_response(app, follower, dialect, id.seq, span))
+    let dialect = settings.dialect_of(&meta.route);
+    Resume::Respond(store_stream_response(
+        app, settings, follower, dialect, id.seq, span,
+    ))
 }
 
 /// [`unavailable`], counted as a failed store lookup.
-fn store_failed(app: &App, e: &StoreError) -> Response<ProxyBody> {
+fn store_failed(app: &App, settings: &Settings, e: &StoreError) -> Response<ProxyBody> {
     tracing::warn!(error = %e, "stream store unavailable for a resume");
     app.metrics.store_errors.increment(StoreOp::Meta);
-    unavailable(app)
+    unavailable(app, settings)
 }
 
 /// `503` with `Retry-After`: the stream may well exist, but the store cannot serve it now.
-fn unavailable(app: &App) -> Response<ProxyBody> {
+fn unavailable(app: &App, settings: &Settings) -> Response<ProxyBody> {
     app.metrics.resumes.increment(ResumeResult::Unavailable);
     let mut resp = http_util::error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -135,7 +138,7 @@ fn unavailable(app: &App) -> Response<ProxyBody> {
     );
     resp.headers_mut().insert(
         header::RETRY_AFTER,
-        HeaderValue::from(app.settings().limits.retry_after_secs),
+        HeaderValue::from(settings.limits.retry_after_secs),
     );
     resp
 }

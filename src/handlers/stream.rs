@@ -47,7 +47,7 @@ pub async fn handle(
         }
     };
     if let Some(id) = resume_from {
-        match resume::answer(app, id, owner).await {
+        match resume::answer(app, &runtime.settings, id, owner).await {
             Resume::Respond(resp) => return resp,
             Resume::Gone if runtime.settings.resume.on_miss == OnMiss::Restart => {
                 tracing::debug!("resume missed; restarting as a new stream");
@@ -79,7 +79,7 @@ async fn start(
     // Only after the body: a client that never sends it must not hold a stream slot meanwhile.
     let admitted = match app.admission.admit(id, owner).await {
         Ok(a) => a,
-        Err(why) => return too_many(app, why),
+        Err(why) => return too_many(app, settings, why),
     };
     let model = model_name(route.model_from.as_ref(), &parts, &body);
     let pq = query::without_param(&parts.uri, query::LAST_EVENT_ID_PARAM);
@@ -155,7 +155,7 @@ async fn start(
     );
     app.registry
         .spawn_reader(reader.run(app.shutdown.clone()).instrument(span.clone()));
-    let mut out = event_stream_response(app, follower, 0, span);
+    let mut out = event_stream_response(app, settings, follower, 0, span);
     copy_backend_headers(resp_parts.headers, out.headers_mut());
     out
 }
