@@ -107,12 +107,7 @@ impl App {
             settings.resume.retention,
             metrics.clone(),
         ));
-        let admission = Admission::new(
-            registry.clone(),
-            store.clone(),
-            admit_limits(&settings),
-            metrics.clone(),
-        );
+        let admission = Admission::new(registry.clone(), store.clone(), metrics.clone());
         let identity = IdentityRule::new(settings.identity.clone());
         let max_connections = settings.server.max_connections;
         let runtime = build_runtime(settings, learner, None, &registry, &store, &metrics);

@@ -22,8 +22,6 @@ const BACK_OFF: Duration = Duration::from_secs(1);
 pub struct Admission {
     registry: Arc<Registry>,
     store: store::Handle,
-    /// Changed by a config reload.
-    limits: Mutex<AdmitLimits>,
     metrics: Arc<Metrics>,
     /// The store failed; it is asked again from then on.
     retry_at: Mutex<Option<Instant>>,
@@ -91,17 +89,11 @@ impl Drop for Held {
 }
 
 impl Admission {
-    /// Admits into `registry` and `store` under `limits`.
-    pub fn new(
-        registry: Arc<Registry>,
-        store: store::Handle,
-        limits: AdmitLimits,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Admits into `registry` and `store` under the registry's limits.
+    pub fn new(registry: Arc<Registry>, store: store::Handle, metrics: Arc<Metrics>) -> Self {
         Admission {
             registry,
             store,
-            limits: Mutex::new(limits),
             metrics,
             retry_at: Mutex::new(None),
         }
@@ -110,9 +102,17 @@ impl Admission {
     /// Admits new answers under `limits` from now on (a config reload): in the store's count
     /// across the replicas and in this replica's own.
     pub fn set_limits(&self, limits: AdmitLimits) {
-        *lock(&self.limits) = limits;
         self.registry
             .set_limits(limits.max_streams, limits.max_per_identity);
+    }
+
+    /// The limits now: the registry's, which the local count uses too.
+    fn limits(&self) -> AdmitLimits {
+        let (max_streams, max_per_identity) = self.registry.limits();
+        AdmitLimits {
+            max_streams,
+            max_per_identity,
+        }
     }
 
     /// A place for answer `id` of `owner`, or the limit that is reached.
@@ -123,8 +123,7 @@ impl Admission {
                 owner,
                 replica: self.store.replica.clone(),
             };
-            let limits = *lock(&self.limits);
-            let asked = timeout(ANSWER, self.store.store.admit(claim.clone(), limits)).await;
+            let asked = timeout(ANSWER, self.store.store.admit(claim.clone(), self.limits())).await;
             match asked {
                 Ok(Ok(store::Admission::Admitted)) => {
                     return Ok(Admitted {
@@ -185,12 +184,8 @@ mod tests {
             Duration::from_secs(60),
             metrics.clone(),
         ));
-        let limits = AdmitLimits {
-            max_streams,
-            max_per_identity: 1,
-        };
         let handle = store::Handle::new(store, Duration::from_secs(5));
-        let a = Admission::new(registry.clone(), handle, limits, metrics);
+        let a = Admission::new(registry.clone(), handle, metrics);
         (registry, a)
     }
 

@@ -635,12 +635,7 @@ mod tests {
             handoff,
             ..store::Handle::new(gate, Duration::from_secs(5))
         };
-        let limits = store::AdmitLimits {
-            max_streams: 10,
-            max_per_identity: 10,
-        };
-        let admission =
-            crate::cluster::Admission::new(registry.clone(), handle.clone(), limits, metrics.clone());
+        let admission = crate::cluster::Admission::new(registry.clone(), handle.clone(), metrics.clone());
         let admitted = futures_util::FutureExt::now_or_never(admission.admit(id, None))
             .expect("a memory store answers at once")
             .expect("admitted");

@@ -207,6 +207,14 @@ impl Registry {
         self.max_per_owner.store(max_per_owner, Ordering::Relaxed);
     }
 
+    /// `(max_streams, max_per_owner)` now.
+    pub fn limits(&self) -> (usize, usize) {
+        (
+            self.max_streams.load(Ordering::Relaxed),
+            self.max_per_owner.load(Ordering::Relaxed),
+        )
+    }
+
     /// Reserves a running-stream slot for `owner`, or says which limit is reached.
     pub fn reserve(self: &Arc<Self>, owner: Option<Owner>) -> Result<Slot, Rejected> {
         let mut inner = self.lock();
