@@ -166,8 +166,7 @@ pub fn plan(running: &Config, mut new: Config) -> Plan {
     keep!("progress.max_history", progress.max_history);
     keep!("progress.model", progress.models);
     // One event must still fit the kept log size (the same check as at start).
-    let max_event = new.upstream.max_event_bytes.0;
-    if max_event.saturating_mul(2) > new.resume.max_stream_bytes.0 {
+    if !new.one_event_fits_a_log() {
         restart_required.push("upstream.max_event_bytes");
         new.upstream.max_event_bytes = running.upstream.max_event_bytes;
     }

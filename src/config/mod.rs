@@ -614,6 +614,12 @@ impl Config {
             .find(|(_, r)| r.path.matches(path))
     }
 
+    /// Whether a stream's log (`resume.max_stream_bytes`) holds two of the largest events
+    /// (`upstream.max_event_bytes`), so that one event always fits.
+    pub fn one_event_fits_a_log(&self) -> bool {
+        self.resume.max_stream_bytes.0 >= self.upstream.max_event_bytes.0.saturating_mul(2)
+    }
+
     /// `server.listen` and `server.admin_listen` cannot be bound together: same port (not 0) on
     /// the same address, or on a wildcard address that covers the other.
     pub fn check_listeners(&self) -> Result<(), String> {
@@ -715,7 +721,7 @@ impl Config {
             "upstream.max_event_bytes must be at least 64 bytes",
         )?;
         positive(
-            self.resume.max_stream_bytes.0 >= self.upstream.max_event_bytes.0.saturating_mul(2),
+            self.one_event_fits_a_log(),
             "resume.max_stream_bytes",
             "resume.max_stream_bytes must be at least twice upstream.max_event_bytes, so one event always fits",
         )?;
