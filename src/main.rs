@@ -71,13 +71,16 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Demo) => run_demo(&cli),
-        None => match load(&cli.overrides()) {
-            Ok(cfg) => run(cfg, cli.overrides()),
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_CONFIG)
+        None => {
+            let overrides = cli.overrides();
+            match load(&overrides) {
+                Ok(cfg) => run(cfg, overrides),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
-        },
+        }
     }
 }
 
